@@ -1,0 +1,5 @@
+import sys
+
+from rustvpn.cli import main
+
+sys.exit(main())

@@ -1,0 +1,92 @@
+"""Running one tunnel: TUN device and routes first, then the transport's session loop, until a
+signal asks us to stop. The device (and with it its routes) is removed on the way out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from rustvpn import __version__
+from rustvpn.netlink import configure_device
+from rustvpn.pump import PacketPump
+from rustvpn.session import Session, TunnelEngine
+from rustvpn.settings import TunnelConfig
+from rustvpn.stats import TunnelState
+from rustvpn.tcp_transport import TcpClient, TcpServer
+from rustvpn.tun import TunDevice
+
+log = logging.getLogger("rustvpn")
+
+
+async def run_tunnel(config: TunnelConfig) -> None:
+    log.info(
+        "rustvpn %s starting: %s %s, build_id=%s, device=%s, mtu=%d, streams=%d",
+        __version__,
+        config.transport,
+        config.role,
+        config.build_id,
+        config.device,
+        config.mtu,
+        config.stream_count,
+    )
+    # Certificates are loaded before the device exists, so a bad file changes nothing on the host.
+    server: TcpServer | None = None
+    connect: Callable[[], Awaitable[Session]] | None = None
+    if config.transport == "tcp" and config.is_server:
+        server = TcpServer(config)
+    elif config.transport == "tcp":
+        connect = TcpClient(config).connect
+    else:
+        raise NotImplementedError("QUIC transport")
+
+    tun = TunDevice.open(config.device)
+    state = TunnelState()
+    pump = PacketPump(tun, state.totals)
+    try:
+        # pyroute2's synchronous API runs its own event loop, so it gets a thread of its own.
+        await asyncio.to_thread(configure_device, config.device, config.mtu, config.interfaces(), config.all_routes())
+        log.info(
+            "device %s up: addresses %s, routes %s",
+            config.device,
+            ", ".join(str(i) for i in config.interfaces()) or "none",
+            ", ".join(str(r) for r in config.all_routes()) or "none",
+        )
+        pump.start()
+        engine = TunnelEngine(config, pump, state)
+        if server is not None:
+            await server.start()
+            main = engine.run_server(server.next_session)
+        else:
+            assert connect is not None
+            main = engine.run_client(connect)
+        await _until_signalled(main)
+    finally:
+        state.state = "stopping"
+        pump.stop()
+        if server is not None:
+            await server.close()
+        tun.close()
+        log.info("stopped; device %s removed", config.device)
+
+
+async def _until_signalled(main: Awaitable[None]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    main_task = asyncio.ensure_future(main)
+    stop_task = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({main_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            log.info("signal received, shutting down")
+    finally:
+        for task in (main_task, stop_task):
+            task.cancel()
+        await asyncio.gather(main_task, stop_task, return_exceptions=True)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if main_task.done() and not main_task.cancelled() and main_task.exception() is not None:
+        raise main_task.exception()  # type: ignore[misc]

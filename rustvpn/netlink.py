@@ -1,0 +1,43 @@
+"""Addresses, MTU, link state and routes of the TUN device, through netlink (pyroute2)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Iterable
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from rustvpn.cidr import Interface, Network
+from rustvpn.errors import SystemSetupError
+
+log = logging.getLogger("rustvpn.netlink")
+
+# IFA_F_NODAD: a point-to-point tunnel has no neighbours to collide with, and duplicate address
+# detection would hold an IPv6 address "tentative" (unusable) for a second or two after start.
+IFA_F_NODAD = 0x02
+
+
+def configure_device(name: str, mtu: int, addresses: Iterable[Interface], routes: Iterable[Network]) -> None:
+    """Set MTU, add the addresses, bring the link up and install routes through the device."""
+    try:
+        with IPRoute() as ipr:
+            found = ipr.link_lookup(ifname=name)
+            if not found:
+                raise SystemSetupError(f"device {name!r} vanished before it could be configured")
+            index = found[0]
+            ipr.link("set", index=index, mtu=mtu)
+            for iface in addresses:
+                kwargs = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
+                if isinstance(iface, ipaddress.IPv6Interface):
+                    kwargs["flags"] = IFA_F_NODAD
+                ipr.addr("replace", **kwargs)
+            ipr.link("set", index=index, state="up")
+            for net in routes:
+                # replace: the kernel may already have added the prefix route of an address.
+                ipr.route("replace", dst=str(net), oif=index)
+    except NetlinkError as exc:
+        raise SystemSetupError(f"netlink refused configuring {name!r}: {exc}") from None
+    except PermissionError:
+        raise SystemSetupError(f"cannot configure {name!r}: run as root (needs CAP_NET_ADMIN)") from None

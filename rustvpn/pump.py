@@ -1,0 +1,166 @@
+"""The packet pump shared by both transports: TUN <-> the N packet channels of a session.
+
+Outgoing: read packets from the TUN device in batches, pick a channel per packet (port hash or
+round-robin), and hand each channel all of its frames in one write (one TLS record / QUIC send
+per batch rather than per packet). When a channel's send buffer is over its high-water mark the
+pump stops reading the TUN device, so the kernel's queue takes the pressure (and drops), rather
+than our memory.
+
+Incoming: channels deliver decoded packets, which are written to the TUN device at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+from rustvpn.flow_hash import StreamSelector
+from rustvpn.framing import encode_frames
+from rustvpn.stats import Counters
+from rustvpn.tun import TunDevice
+
+log = logging.getLogger("rustvpn.pump")
+
+# Packets read from the TUN device per wake-up before yielding to the event loop.
+TUN_BATCH = 128
+
+
+class PacketChannel(ABC):
+    """One duplex packet path of a session: a TLS data connection or a QUIC data stream."""
+
+    def __init__(self) -> None:
+        self.counters = Counters()
+        self._drained: asyncio.Future[None] | None = None
+        self.paused = False
+
+    @abstractmethod
+    def send_frames(self, data: bytes) -> None:
+        """Queue already-framed bytes for the peer."""
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._drained = None
+
+    async def wait_writable(self) -> None:
+        if not self.paused:
+            return
+        if self._drained is None:
+            self._drained = asyncio.get_running_loop().create_future()
+        await self._drained
+
+
+class PacketPump:
+    """Moves packets between one TUN device and the channels of the current session."""
+
+    def __init__(self, tun: TunDevice, totals: Counters) -> None:
+        self.tun = tun
+        self.totals = totals
+        self._channels: Sequence[PacketChannel] = ()
+        self._selector: StreamSelector | None = None
+        self._mtu = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._resume_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start reading the TUN device; packets that arrive with no session are dropped."""
+        self._loop = asyncio.get_running_loop()
+        self._add_reader()
+
+    def stop(self) -> None:
+        self.detach()
+        self._remove_reader()
+
+    def attach(self, channels: Sequence[PacketChannel], mtu: int) -> None:
+        self._channels = list(channels)
+        self._selector = StreamSelector(len(channels))
+        self._mtu = mtu
+
+    def detach(self) -> None:
+        self._channels = ()
+        self._selector = None
+        if self._resume_task is not None:
+            self._resume_task.cancel()
+            self._resume_task = None
+        if self._loop is not None and not self._loop.is_closed():
+            self._add_reader()
+
+    def deliver(self, channel: PacketChannel, packets: list[bytes]) -> None:
+        """Packets from the peer: write them to the TUN device."""
+        counters, totals, write = channel.counters, self.totals, self.tun.write
+        for packet in packets:
+            size = len(packet)
+            if write(packet):
+                counters.packets_in += 1
+                counters.bytes_in += size
+                totals.packets_in += 1
+                totals.bytes_in += size
+            else:
+                counters.dropped += 1
+                totals.dropped += 1
+
+    def _add_reader(self) -> None:
+        if not self._reading and self._loop is not None and self.tun.fd >= 0:
+            self._loop.add_reader(self.tun.fd, self._on_tun_readable)
+            self._reading = True
+
+    def _remove_reader(self) -> None:
+        if self._reading and self._loop is not None and self.tun.fd >= 0:
+            self._loop.remove_reader(self.tun.fd)
+        self._reading = False
+
+    def _on_tun_readable(self) -> None:
+        channels, selector, totals = self._channels, self._selector, self.totals
+        batches: dict[int, list[bytes]] = {}
+        read = self.tun.read
+        for _ in range(TUN_BATCH):
+            try:
+                packet = read()
+            except OSError as exc:
+                log.warning("reading %s failed: %s", self.tun.name, exc.strerror or exc)
+                break
+            if packet is None:
+                break
+            if not packet:
+                continue  # a zero-length read carries nothing and must never become a frame
+            if selector is None or len(packet) > self._mtu:
+                totals.dropped += 1
+                continue
+            index = selector.select(packet)
+            batch = batches.get(index)
+            if batch is None:
+                batches[index] = [packet]
+            else:
+                batch.append(packet)
+        if not batches:
+            return
+        blocked: list[PacketChannel] = []
+        for index, packets in batches.items():
+            channel = channels[index]
+            size = sum(len(p) for p in packets)
+            channel.send_frames(encode_frames(packets))
+            counters = channel.counters
+            counters.packets_out += len(packets)
+            counters.bytes_out += size
+            totals.packets_out += len(packets)
+            totals.bytes_out += size
+            if channel.paused:
+                blocked.append(channel)
+        if blocked and self._resume_task is None:
+            self._remove_reader()
+            self._resume_task = asyncio.ensure_future(self._resume_when_writable(blocked))
+
+    async def _resume_when_writable(self, blocked: list[PacketChannel]) -> None:
+        try:
+            for channel in blocked:
+                await channel.wait_writable()
+        finally:
+            self._resume_task = None
+        self._add_reader()

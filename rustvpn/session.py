@@ -1,0 +1,152 @@
+"""The session engine shared by both transports.
+
+A transport knows how to produce an established :class:`Session` (TLS/QUIC handshake, config
+exchange, N packet channels). Everything after that is the same story in both modes and lives
+here: attach the channels to the pump, wait until the session ends, tear it down, and then
+reconnect (client) or go back to listening (server). The TUN device and its routes outlive
+every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+
+from rustvpn.config_exchange import ExchangeParams, format_exchange, parse_exchange, validate_exchange
+from rustvpn.errors import ConfigError, RustvpnError
+from rustvpn.pump import PacketChannel, PacketPump
+from rustvpn.settings import TunnelConfig
+from rustvpn.stats import TunnelState
+
+log = logging.getLogger("rustvpn.session")
+
+# Client retry: quick at first, then the reference peer's fixed 5 s.
+RETRY_DELAYS = (1.0, 2.0, 3.0, 5.0)
+
+
+def local_params(config: TunnelConfig, token: str) -> ExchangeParams:
+    return ExchangeParams(config.build_id, config.stream_count, config.mtu, token)
+
+
+def exchange_text(config: TunnelConfig, token: str) -> bytes:
+    return format_exchange(local_params(config, token))
+
+
+def check_peer_exchange(
+    config: TunnelConfig, token: str, data: bytes, peer: str, *, need_token: bool
+) -> ExchangeParams:
+    """Parse and validate the peer's exchange text; raises ExchangeError/ExchangeMismatch."""
+    theirs = validate_exchange(local_params(config, token), parse_exchange(data), need_token=need_token)
+    log.info("exchange with %s ok: %s", peer, theirs.describe())
+    return theirs
+
+
+class Session(ABC):
+    """An established session: its peer and its packet channels. Ends once, with a reason."""
+
+    def __init__(self, peer: str, peer_cn: str | None, params: ExchangeParams) -> None:
+        self.peer = peer
+        self.peer_cn = peer_cn
+        self.params = params
+        self.ended: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+    @property
+    @abstractmethod
+    def channels(self) -> Sequence[PacketChannel]: ...
+
+    @abstractmethod
+    def bind(self, pump: PacketPump) -> None:
+        """Start delivering packets from the peer into the pump."""
+
+    @abstractmethod
+    def _shutdown(self) -> None:
+        """Close the transport's connections/streams (idempotent)."""
+
+    def end(self, reason: str) -> None:
+        if not self.ended.done():
+            self.ended.set_result(reason)
+        self._shutdown()
+
+
+class TunnelEngine:
+    """Runs sessions one after another on one TUN device."""
+
+    def __init__(self, config: TunnelConfig, pump: PacketPump, state: TunnelState) -> None:
+        self.config = config
+        self.pump = pump
+        self.state = state
+
+    def _set_state(self, state: str) -> None:
+        self.state.state = state
+
+    async def run_session(self, session: Session) -> str:
+        state = self.state
+        state.sessions += 1
+        state.peer, state.peer_cn = session.peer, session.peer_cn
+        state.streams = len(session.channels)
+        state.session_started_at = time.monotonic()
+        state.last_error = None
+        self._set_state("connected")
+        log.info(
+            "session up with %s (CN %s): %d streams, mtu %d, device %s",
+            session.peer,
+            session.peer_cn or "-",
+            len(session.channels),
+            session.params.mtu,
+            self.config.device,
+        )
+        self.pump.attach(session.channels, session.params.mtu)
+        session.bind(self.pump)
+        started = time.monotonic()
+        try:
+            reason = await asyncio.shield(session.ended)
+        finally:
+            self.pump.detach()
+            session.end("local shutdown")
+            state.session_started_at = None
+            state.streams = 0
+        log.warning("session with %s lost after %.0f s: %s", session.peer, time.monotonic() - started, reason)
+        state.last_error = reason
+        return reason
+
+    async def run_client(self, connect: Callable[[], Awaitable[Session]]) -> None:
+        """Connect, run the session, and retry after any failure or loss, forever."""
+        failures = 0
+        while True:
+            self._set_state("connecting")
+            try:
+                session = await connect()
+            except ConfigError:
+                raise
+            except (TimeoutError, RustvpnError, OSError) as exc:
+                failures += 1
+                self.state.last_error = describe_failure(exc)
+                log.warning("connecting to %s failed: %s", self.config.server, self.state.last_error)
+            else:
+                failures = 0
+                await self.run_session(session)
+            delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
+            self.state.reconnects += 1
+            self._set_state("reconnecting")
+            log.info("reconnecting in %.0f s", delay)
+            await asyncio.sleep(delay)
+
+    async def run_server(self, next_session: Callable[[], Awaitable[Session]]) -> None:
+        """Serve one session at a time, going back to listening when it ends."""
+        while True:
+            self._set_state("listening")
+            self.state.peer = self.state.peer_cn = None
+            log.info("waiting for a peer")
+            session = await next_session()
+            await self.run_session(session)
+
+
+def describe_failure(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
