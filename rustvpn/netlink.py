@@ -35,8 +35,10 @@ def configure_device(name: str, mtu: int, addresses: Iterable[Interface], routes
                 ipr.addr("replace", **kwargs)
             ipr.link("set", index=index, state="up")
             for net in routes:
-                # replace: the kernel may already have added the prefix route of an address.
-                ipr.route("replace", dst=str(net), oif=index)
+                # replace, at the kernel's own IPv6 metric: an address's prefix route may already
+                # exist, and we want one route per network, not two at different metrics.
+                extra = {"priority": 256} if net.version == 6 else {}
+                ipr.route("replace", dst=str(net), oif=index, **extra)
     except NetlinkError as exc:
         raise SystemSetupError(f"netlink refused configuring {name!r}: {exc}") from None
     except PermissionError:

@@ -135,7 +135,7 @@ class TcpClient:
 
             async with asyncio.timeout(data_deadline(cfg.stream_count)):
                 data = await asyncio.gather(*(open_data(i) for i in range(cfg.stream_count)))
-            log.info("%d data connections to %s up", len(data), peer)
+            log.info("%d data connections to %s up", len(data), _hostport(self.server, cfg.data_port))
             return TcpSession(peer, check_peer_cn(control.peercert, None), theirs, control, data)
         except BaseException as exc:
             for conn in opened:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what rustvpn needs on this machine: Debian packages (when missing) and a virtual
+# environment in .venv with the package (and, with --test, its test tools). Needs root for apt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_test=0
+[[ "${1:-}" == "--test" ]] && want_test=1
+
+# iproute2/iputils-ping: namespaces and ping; libsystemd-dev, pkg-config, gcc, python3-dev: to build
+# systemd-python; iperf3: throughput checks.
+packages=(iproute2 iputils-ping iperf3 libsystemd-dev pkg-config gcc python3-dev python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    echo "bootstrap: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+if ((want_test)); then
+    .venv/bin/python -m pip install -q -e '.[test]'
+else
+    .venv/bin/python -m pip install -q -e .
+fi

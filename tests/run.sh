@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then lint, type check and the whole suite.
+# Run as root: the integration tests create network namespaces and TUN devices.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tests/bootstrap.sh --test
+echo "== ruff" && .venv/bin/ruff check rustvpn tests && .venv/bin/ruff format --check rustvpn tests
+echo "== mypy" && .venv/bin/mypy rustvpn
+echo "== pytest" && .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
