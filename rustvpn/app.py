@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from rustvpn import __version__
 from rustvpn.netlink import configure_device
 from rustvpn.pump import PacketPump
+from rustvpn.quic_transport import QuicClient, QuicServer
 from rustvpn.session import Session, TunnelEngine
 from rustvpn.settings import TunnelConfig
 from rustvpn.stats import TunnelState
@@ -32,14 +33,12 @@ async def run_tunnel(config: TunnelConfig) -> None:
         config.stream_count,
     )
     # Certificates are loaded before the device exists, so a bad file changes nothing on the host.
-    server: TcpServer | None = None
+    server: TcpServer | QuicServer | None = None
     connect: Callable[[], Awaitable[Session]] | None = None
-    if config.transport == "tcp" and config.is_server:
-        server = TcpServer(config)
-    elif config.transport == "tcp":
-        connect = TcpClient(config).connect
+    if config.is_server:
+        server = TcpServer(config) if config.transport == "tcp" else QuicServer(config)
     else:
-        raise NotImplementedError("QUIC transport")
+        connect = (TcpClient(config) if config.transport == "tcp" else QuicClient(config)).connect
 
     tun = TunDevice.open(config.device)
     state = TunnelState()

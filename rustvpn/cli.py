@@ -19,6 +19,7 @@ from rustvpn.settings import (
     DEFAULT_DATA_PORT,
     DEFAULT_DEVICE,
     DEFAULT_MTU,
+    DEFAULT_QUIC_PORT,
     DEFAULT_STREAMS,
     Role,
     Transport,
@@ -30,6 +31,8 @@ log = logging.getLogger("rustvpn")
 
 # Subcommand -> (transport, role)
 MODES: dict[str, tuple[Transport, Role]] = {
+    "server": ("quic", "server"),
+    "client": ("quic", "client"),
     "tcpserver": ("tcp", "server"),
     "tcpclient": ("tcp", "client"),
 }
@@ -83,6 +86,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"rustvpn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("server", help="QUIC mode server (UDP; N streams on one QUIC connection)")
+    p.add_argument(
+        "-b", "--bind-address", default="0.0.0.0", help="address to listen on, IPv4 or IPv6 (default: %(default)s)"
+    )
+    p.add_argument("--port", default=str(DEFAULT_QUIC_PORT), help="UDP port to listen on (default: %(default)s)")
+    _common_tunnel_flags(p, "server")
+
+    p = sub.add_parser("client", help="QUIC mode client")
+    p.add_argument("--server", required=True, help="server hostname or IP (also the TLS name checked)")
+    p.add_argument("--port", default=str(DEFAULT_QUIC_PORT), help="server UDP port (default: %(default)s)")
+    _common_tunnel_flags(p, "client")
+
     p = sub.add_parser("tcpserver", help="TCP mode server (TLS control plane + N TLS data connections)")
     p.add_argument("--control-bind-address", default="0.0.0.0", help="control plane address (default: %(default)s)")
     p.add_argument(
@@ -128,6 +143,8 @@ def config_from_args(args: argparse.Namespace) -> TunnelConfig:
             "ipv4",
             "ipv6",
             "build_id",
+            "bind_address",
+            "port",
             "control_bind_address",
             "control_port",
             "data_bind_address",

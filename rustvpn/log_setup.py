@@ -35,9 +35,17 @@ def resolve_level(flag: str | None) -> str:
 def setup_logging(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(_ours_or_warning)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level, logging.INFO))
-    # pyroute2 and asyncio are noisy at debug; their internals are not our session events.
-    for noisy in ("pyroute2", "asyncio"):
-        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))
+
+
+def _ours_or_warning(record: logging.LogRecord) -> bool:
+    """Libraries (pyroute2, aioquic, asyncio) speak only at WARNING and above: their chatter is
+    not a session event, and at debug level pyroute2 would dump whole netlink messages."""
+    if record.name == "rustvpn" or record.name.startswith("rustvpn."):
+        return True
+    # aioquic's own warnings repeat what our QUIC code logs with the peer's address.
+    floor = logging.ERROR if record.name == "quic" else logging.WARNING
+    return record.levelno >= floor

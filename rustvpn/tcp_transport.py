@@ -24,8 +24,9 @@ log = logging.getLogger("rustvpn.tcp")
 
 # How long a peer may take for each step before a session exists (slow or silent peers).
 HANDSHAKE_TIMEOUT = 10.0
-# TLS handshakes in progress at once, across both planes.
-MAX_HANDSHAKES = 64
+# TLS handshakes in progress at once, across both planes: well above the 100 data connections
+# plus control connection that one legitimate client may open at once.
+MAX_HANDSHAKES = 256
 
 ConnectionHandler = Callable[["FramedConnection"], Coroutine[Any, Any, None]]
 
@@ -33,6 +34,22 @@ ConnectionHandler = Callable[["FramedConnection"], Coroutine[Any, Any, None]]
 def data_deadline(stream_count: int) -> float:
     """All data connections must be up within max(5, 2 x N) seconds, as in the reference."""
     return float(max(5, 2 * stream_count))
+
+
+async def all_or_nothing(coros: list[Coroutine[Any, Any, FramedConnection]]) -> list[FramedConnection]:
+    """Run the data-connection attempts together; on the first failure cancel the rest, so no
+    half-made connection outlives a failed set-up."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return [task.result() for task in tasks]
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class TcpSession(Session):
@@ -134,7 +151,7 @@ class TcpClient:
                 return conn
 
             async with asyncio.timeout(data_deadline(cfg.stream_count)):
-                data = await asyncio.gather(*(open_data(i) for i in range(cfg.stream_count)))
+                data = await all_or_nothing([open_data(i) for i in range(cfg.stream_count)])
             log.info("%d data connections to %s up", len(data), _hostport(self.server, cfg.data_port))
             return TcpSession(peer, check_peer_cn(control.peercert, None), theirs, control, data)
         except BaseException as exc:

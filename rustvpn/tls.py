@@ -53,11 +53,16 @@ def common_name(peercert: dict[str, Any] | None) -> str | None:
     return None
 
 
+def require_cn(cn: str | None, expected: str | None) -> None:
+    """The peer-CN rule of both transports: if a CN is expected, the peer's must equal it."""
+    if expected is not None and cn != expected:
+        raise PeerRejected(f"peer certificate CN {cn!r} does not match expected --peer-cn {expected!r}")
+
+
 def check_peer_cn(peercert: dict[str, Any] | None, expected: str | None) -> str | None:
     """Return the peer's CN; raise PeerRejected if ``expected`` is set and differs."""
     cn = common_name(peercert)
-    if expected is not None and cn != expected:
-        raise PeerRejected(f"peer certificate CN {cn!r} does not match expected --peer-cn {expected!r}")
+    require_cn(cn, expected)
     return cn
 
 

@@ -17,5 +17,5 @@ def new_token() -> str:
 def tokens_match(expected: str, presented: str | bytes) -> bool:
     """Constant-time comparison, so a wrong token leaks nothing through timing."""
     if isinstance(presented, str):
-        presented = presented.encode("utf-8", "surrogateescape")
+        presented = presented.encode("utf-8", "surrogatepass")
     return hmac.compare_digest(expected.encode("ascii"), presented)

@@ -126,9 +126,7 @@ def test_leaf_certificate(ca: Authority) -> None:
     assert key_pem.startswith(b"-----BEGIN PRIVATE KEY-----\n")
     assert isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, ec.SECP256R1)
     assert key.public_key() == cert.public_key()
-    assert ext(cert, x509.SubjectKeyIdentifier).value == x509.SubjectKeyIdentifier.from_public_key(
-        key.public_key()
-    )
+    assert ext(cert, x509.SubjectKeyIdentifier).value == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     aki = ext(cert, x509.AuthorityKeyIdentifier).value
     assert isinstance(aki, x509.AuthorityKeyIdentifier)
     ca_ski = ext(ca.cert, x509.SubjectKeyIdentifier).value
@@ -173,9 +171,7 @@ def test_neither_usage_is_an_error(ca: Authority) -> None:
         ("-leading-hyphen", None),
     ],
 )
-def test_common_name_fallback_san(
-    ca: Authority, common_name: str, expected: list[x509.GeneralName] | None
-) -> None:
+def test_common_name_fallback_san(ca: Authority, common_name: str, expected: list[x509.GeneralName] | None) -> None:
     cert = load(issue_certificate(ca, common_name)[0])
     assert cn(cert) == common_name
     names = san(cert)
@@ -192,9 +188,7 @@ def test_wildcard_dns_name(ca: Authority) -> None:
     assert names is not None and names.get_values_for_type(x509.DNSName) == ["*.example.test"]
 
 
-@pytest.mark.parametrize(
-    "bad", ["", "198.18.0.300", "198.18.0.0/15", "host name", "a..b", "bücher.test", "x."]
-)
+@pytest.mark.parametrize("bad", ["", "198.18.0.300", "198.18.0.0/15", "host name", "a..b", "bücher.test", "x."])
 def test_bad_server_name_is_an_error(ca: Authority, bad: str) -> None:
     with pytest.raises(ValueError, match="neither an IP address nor a valid DNS name"):
         issue_certificate(ca, "peer", server_names=[bad])
@@ -466,9 +460,7 @@ def test_demo_set_handshake(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("client_trusts_other_ca", [False, True])
-def test_client_from_another_ca_is_rejected(
-    peers: Peers, other_ca: Authority, client_trusts_other_ca: bool
-) -> None:
+def test_client_from_another_ca_is_rejected(peers: Peers, other_ca: Authority, client_trusts_other_ca: bool) -> None:
     ca_pem = peers.ca.cert_pem()
     server = server_context(ca_pem, *peers.pair("server", "srv", server_names=[SERVER_IP]))
     stranger = write_pair(peers.directory, "stranger", *issue_certificate(other_ca, "rustvpn-client"))
