@@ -1,10 +1,11 @@
-"""Command line: the seed's `server|client|tcpserver|tcpclient` with their flags and defaults,
-plus `certs` for throwaway PKI material."""
+"""Command line: the seed's `server|client|tcpserver|tcpclient` with their flags and defaults;
+`run`/`check` for the daemon's YAML file, `status` for live state, `certs` for throwaway PKI."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rustvpn import DEFAULT_BUILD_ID, __version__
+from rustvpn.config_file import load_config_file
 from rustvpn.errors import RustvpnError
 from rustvpn.log_setup import resolve_level, setup_logging
 from rustvpn.settings import (
@@ -26,6 +28,7 @@ from rustvpn.settings import (
     TunnelConfig,
     build_config,
 )
+from rustvpn.status import DEFAULT_RUNTIME_ROOT, default_socket_path
 
 log = logging.getLogger("rustvpn")
 
@@ -115,6 +118,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-port", default=str(DEFAULT_DATA_PORT), help="data plane port (default: %(default)s)")
     _common_tunnel_flags(p, "client")
 
+    p = sub.add_parser("run", help="run the tunnel described by a YAML file (the systemd service's command)")
+    p.add_argument(
+        "--config", required=True, metavar="FILE", help="the tunnel's YAML file, e.g. /etc/rustvpn/NAME.yaml"
+    )
+    p.add_argument("--instance", metavar="NAME", help="instance name (default: the file name without .yaml)")
+
+    p = sub.add_parser("check", help="validate a YAML file without running anything")
+    p.add_argument("--config", required=True, metavar="FILE", help="the YAML file to check")
+
+    p = sub.add_parser("status", help="live state of running instances (all when no NAME is given)")
+    p.add_argument("names", nargs="*", metavar="NAME", help="instance names")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON")
+    p.add_argument("--runtime-dir", default=DEFAULT_RUNTIME_ROOT, metavar="DIR",
+                   help="where instances keep NAME/status.sock (default: %(default)s)")  # fmt: skip
+
     p = sub.add_parser("certs", help="write a throwaway CA and server/client certificates (for tests and demos)")
     p.add_argument("--out", default=".", help="directory to write ca.pem, server.pem/.key, client.pem/.key into")
     p.add_argument(
@@ -179,9 +197,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "certs":
             _write_certs(args)
             return 0
-        config = config_from_args(args)
-        setup_logging(config.log_level)
-        asyncio.run(_run(config))
+        if args.command == "status":
+            from rustvpn.status_format import status_command
+
+            return status_command(args.names, args.json, args.runtime_dir)
+        if args.command == "check":
+            loaded = load_config_file(args.config)
+            cfg = loaded.config
+            print(f"{args.config}: ok ({cfg.transport} {cfg.role}, device {cfg.device}, {cfg.stream_count} streams)")
+            return 0
+        instance = ""
+        if args.command == "run":
+            loaded = load_config_file(args.config, args.instance)
+            config, instance = loaded.config, loaded.instance
+            if config.status_socket is None:
+                config = dataclasses.replace(config, status_socket=default_socket_path(instance))
+        else:
+            config = config_from_args(args)
+        setup_logging(config.log_level, instance=instance, transport=config.transport)
+        asyncio.run(_run(config, instance))
         return 0
     except RustvpnError as exc:
         print(f"rustvpn: error: {exc}", file=sys.stderr)
@@ -190,10 +224,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-async def _run(config: TunnelConfig) -> None:
+async def _run(config: TunnelConfig, instance: str) -> None:
     from rustvpn.app import run_tunnel
 
-    await run_tunnel(config)
+    await run_tunnel(config, instance)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,9 @@ MAX_FRAME_LENGTH = 0xFFFF
 def encode_frame(payload: bytes, max_length: int = MAX_FRAME_LENGTH) -> bytes:
     """Frame one payload. A zero-length or oversized payload is refused: the peer would tear down."""
     length = len(payload)
-    if length == 0 or length > max_length:
-        raise FrameError(f"cannot frame a payload of {length} bytes (allowed 1..{max_length})")
+    limit = min(max_length, MAX_FRAME_LENGTH)  # the u16 length field caps every frame
+    if length == 0 or length > limit:
+        raise FrameError(f"cannot frame a payload of {length} bytes (allowed 1..{limit})")
     return length.to_bytes(2, "big") + payload
 
 

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 
+from rustvpn import events
 from rustvpn.config_exchange import ExchangeParams, format_exchange, parse_exchange, validate_exchange
 from rustvpn.errors import ConfigError, RustvpnError
+from rustvpn.log_setup import CONTEXT
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.settings import TunnelConfig
 from rustvpn.stats import TunnelState
@@ -40,7 +43,7 @@ def check_peer_exchange(
 ) -> ExchangeParams:
     """Parse and validate the peer's exchange text; raises ExchangeError/ExchangeMismatch."""
     theirs = validate_exchange(local_params(config, token), parse_exchange(data), need_token=need_token)
-    log.info("exchange with %s ok: %s", peer, theirs.describe())
+    log.info("exchange with %s ok: %s", peer, theirs.describe(), extra=events.event(events.EXCHANGE_OK))
     return theirs
 
 
@@ -74,13 +77,23 @@ class Session(ABC):
 class TunnelEngine:
     """Runs sessions one after another on one TUN device."""
 
-    def __init__(self, config: TunnelConfig, pump: PacketPump, state: TunnelState) -> None:
+    def __init__(
+        self,
+        config: TunnelConfig,
+        pump: PacketPump,
+        state: TunnelState,
+        on_change: Callable[[TunnelState], None] | None = None,
+    ) -> None:
         self.config = config
         self.pump = pump
         self.state = state
+        self.session: Session | None = None  # the live session, for status reports
+        self._on_change = on_change
 
     def _set_state(self, state: str) -> None:
         self.state.state = state
+        if self._on_change is not None:
+            self._on_change(self.state)
 
     async def run_session(self, session: Session) -> str:
         state = self.state
@@ -89,6 +102,7 @@ class TunnelEngine:
         state.streams = len(session.channels)
         state.session_started_at = time.monotonic()
         state.last_error = None
+        CONTEXT.peer, CONTEXT.session = session.peer, secrets.token_hex(4)
         self._set_state("connected")
         log.info(
             "session up with %s (CN %s): %d streams, mtu %d, device %s",
@@ -97,18 +111,28 @@ class TunnelEngine:
             len(session.channels),
             session.params.mtu,
             self.config.device,
+            extra=events.event(events.SESSION_UP),
         )
+        self.session = session
         self.pump.attach(session.channels, session.params.mtu)
         session.bind(self.pump)
         started = time.monotonic()
         try:
             reason = await asyncio.shield(session.ended)
         finally:
+            self.session = None
             self.pump.detach()
             session.end("local shutdown")
             state.session_started_at = None
             state.streams = 0
-        log.warning("session with %s lost after %.0f s: %s", session.peer, time.monotonic() - started, reason)
+        log.warning(
+            "session with %s lost after %.0f s: %s",
+            session.peer,
+            time.monotonic() - started,
+            reason,
+            extra=events.event(events.SESSION_LOST),
+        )
+        CONTEXT.peer = CONTEXT.session = ""
         state.last_error = reason
         return reason
 
@@ -124,14 +148,20 @@ class TunnelEngine:
             except (TimeoutError, RustvpnError, OSError) as exc:
                 failures += 1
                 self.state.last_error = describe_failure(exc)
-                log.warning("connecting to %s failed: %s", self.config.server, self.state.last_error)
+                log.warning(
+                    "connecting to %s failed: %s",
+                    self.config.server,
+                    self.state.last_error,
+                    extra=events.event(events.CONNECT_FAILED),
+                )
             else:
                 failures = 0
                 await self.run_session(session)
             delay = RETRY_DELAYS[min(failures, len(RETRY_DELAYS) - 1)]
             self.state.reconnects += 1
+            self.state.retry_in = delay
             self._set_state("reconnecting")
-            log.info("reconnecting in %.0f s", delay)
+            log.info("reconnecting in %.0f s", delay, extra=events.event(events.RECONNECTING))
             await asyncio.sleep(delay)
 
     async def run_server(self, next_session: Callable[[], Awaitable[Session]]) -> None:
@@ -139,7 +169,7 @@ class TunnelEngine:
         while True:
             self._set_state("listening")
             self.state.peer = self.state.peer_cn = None
-            log.info("waiting for a peer")
+            log.info("waiting for a peer", extra=events.event(events.LISTENING))
             session = await next_session()
             await self.run_session(session)
 
@@ -150,3 +180,15 @@ def describe_failure(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def describe_state(state: TunnelState) -> str:
+    """One line for systemd's STATUS=: what the tunnel is doing right now."""
+    if state.state == "connected":
+        return f"connected to {state.peer} (CN {state.peer_cn or '-'}), {state.streams} streams"
+    if state.state == "reconnecting":
+        why = f" after: {state.last_error}" if state.last_error else ""
+        return f"reconnecting in {state.retry_in:.0f} s{why}"
+    if state.state == "listening":
+        return "waiting for peer" + (f" (last: {state.last_error})" if state.last_error else "")
+    return state.state

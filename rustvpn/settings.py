@@ -55,6 +55,8 @@ class TunnelConfig:
     data_port: int = DEFAULT_DATA_PORT
     # Client side: where to connect (hostname or IP; also the TLS SNI and name checked).
     server: str | None = None
+    # Where the daemon serves its live state (rustvpn run); None = no status socket.
+    status_socket: str | None = None
 
     @property
     def is_server(self) -> bool:
@@ -171,6 +173,11 @@ def build_config(
             raise ConfigError(f"{name_of('server')}: required for a client (hostname or IP of the server)")
         server = str(server).strip()
         kwargs["server"] = server[1:-1] if server.startswith("[") and server.endswith("]") else server
+    status_socket = values.get("status_socket")
+    if status_socket is not None:
+        if not str(status_socket).startswith("/"):
+            raise ConfigError(f"{name_of('status_socket')}: {status_socket!r} must be an absolute path")
+        kwargs["status_socket"] = str(status_socket)
     for key, default in (
         ("port", DEFAULT_QUIC_PORT),
         ("control_port", DEFAULT_CONTROL_PORT),

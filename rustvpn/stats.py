@@ -35,6 +35,7 @@ class TunnelState:
     peer_cn: str | None = None
     streams: int = 0
     reconnects: int = 0
+    retry_in: float = 0.0
     sessions: int = 0
     last_error: str | None = None
     started_at: float = field(default_factory=time.monotonic)

@@ -285,11 +285,12 @@ def test_streams_out_of_range(value: str) -> None:
     assert value in str(err) and "ours=4" in str(err)
 
 
-def test_streams_out_of_range_even_when_equal_to_ours() -> None:
-    ours = ExchangeParams("abc123", 101, 1400, OUR_TOKEN)
-    err = mismatch(peer_fields(number_of_streams="101"), ours=ours)
+@pytest.mark.parametrize("streams", [0, 101])
+def test_streams_out_of_range_even_when_equal_to_ours(streams: int) -> None:
+    ours = ExchangeParams("abc123", streams, 1400, OUR_TOKEN)
+    err = mismatch(peer_fields(number_of_streams=str(streams)), ours=ours)
     assert err.key == "number_of_streams"
-    assert "101" in str(err)
+    assert (err.ours, err.theirs) == (streams, streams)
 
 
 @pytest.mark.parametrize(
@@ -338,6 +339,14 @@ def test_mtu_out_of_range(value: str) -> None:
     assert err.key == "mtu"
     assert str(err.theirs) == value
     assert value in str(err) and "ours=1400" in str(err)
+
+
+@pytest.mark.parametrize("mtu", [99, 65536])
+def test_mtu_out_of_range_even_when_equal_to_ours(mtu: int) -> None:
+    ours = ExchangeParams("abc123", 4, mtu, OUR_TOKEN)
+    err = mismatch(peer_fields(mtu=str(mtu)), ours=ours)
+    assert err.key == "mtu"
+    assert (err.ours, err.theirs) == (mtu, mtu)
 
 
 @pytest.mark.parametrize("value", ["-1400", "1400.0", "abc", "", "99999999999"])

@@ -1,0 +1,183 @@
+"""`rustvpn status [NAME...] [--json]`: the daemon's status for people, or as JSON for scripts.
+
+Exit codes follow the LSB/systemctl status convention: 0 all instances answered, 3 one is not
+running, 4 its status could not be read (permission, timeout, bad reply).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+from rustvpn.status import DEFAULT_RUNTIME_ROOT, StatusUnavailable, list_instances, query, socket_path
+
+EXIT_OK, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 3, 4
+_BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def human_bytes(count: int) -> str:
+    if count < 1024:
+        return f"{count} B"
+    value = float(count)
+    for unit in _BYTE_UNITS:
+        value /= 1024
+        if value < 1024 or unit == _BYTE_UNITS[-1]:
+            return f"{value:.2f} {unit}"
+    raise AssertionError("unreachable")
+
+
+def human_duration(seconds: float) -> str:
+    """Two units at most, like ``3m 12s`` or ``2d 4h``; the finer ones are noise at that scale."""
+    total = max(0, int(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    if minutes:
+        return f"{minutes}m {secs}s"
+    return f"{secs}s"
+
+
+def _int(value: Any) -> int:
+    # The status may come from a daemon of another release: a missing or odd field shows as 0.
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _duration(value: Any) -> str:
+    return human_duration(value) if isinstance(value, int | float) and not isinstance(value, bool) else "-"
+
+
+def _list(value: Any) -> str:
+    return ", ".join(str(v) for v in value) if isinstance(value, list) and value else "none"
+
+
+def _endpoints(value: Any) -> str:
+    if not isinstance(value, dict) or not value:
+        return "-"
+    if set(value) == {"quic"}:
+        return f"{value['quic']} (quic)"
+    return ", ".join(f"{kind} {where}" for kind, where in value.items())
+
+
+def _transfer(counters: Any) -> list[tuple[str, str]]:
+    c = counters if isinstance(counters, dict) else {}
+    return [
+        ("received", f"{human_bytes(_int(c.get('bytes_in')))}, {_int(c.get('packets_in')):,} packets"),
+        ("sent", f"{human_bytes(_int(c.get('bytes_out')))}, {_int(c.get('packets_out')):,} packets"),
+        ("dropped", f"{_int(c.get('dropped')):,} packets"),
+    ]
+
+
+def _stream_table(streams: list[Any]) -> list[str]:
+    header = ("stream", "received", "packets", "sent", "packets", "dropped")
+    rows = [header]
+    for s in streams:
+        if isinstance(s, dict):
+            rows.append(
+                (
+                    str(_int(s.get("index"))),
+                    human_bytes(_int(s.get("bytes_in"))),
+                    f"{_int(s.get('packets_in')):,}",
+                    human_bytes(_int(s.get("bytes_out"))),
+                    f"{_int(s.get('packets_out')):,}",
+                    f"{_int(s.get('dropped')):,}",
+                )
+            )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return ["  " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+
+
+def format_status(status: dict[str, Any]) -> str:
+    """A multi-line block for people, in the spirit of `wg show` and `systemctl status`."""
+    role = str(status.get("role", "?"))
+    header = (
+        f"rustvpn@{status.get('instance', '?')}: {status.get('state', 'unknown')} "
+        f"({status.get('transport', '?')} {role})"
+    )
+    fields: list[tuple[str, str]] = []
+    peer = status.get("peer")
+    if isinstance(peer, dict):
+        fields.append(("peer", f"{peer.get('address', '?')}, CN {peer.get('cn') or '-'}"))
+    else:
+        fields.append(("peer", "none"))
+    if role == "server":
+        fields.append(("listen", _endpoints(status.get("listen"))))
+    else:
+        fields.append(("server", _endpoints(status.get("server"))))
+    fields += [
+        (
+            "device",
+            f"{status.get('device', '?')}, mtu {_int(status.get('mtu'))}, {_int(status.get('stream_count'))} streams",
+        ),
+        ("addresses", _list(status.get("addresses"))),
+        ("routes", _list(status.get("routes"))),
+        ("uptime", f"{_duration(status.get('uptime_s'))} (pid {status.get('pid', '?')})"),
+        ("session age", _duration(status.get("session_age_s"))),
+        ("sessions", f"{_int(status.get('sessions'))}, {_int(status.get('reconnects'))} reconnects"),
+    ]
+    if status.get("last_error"):
+        fields.append(("last error", str(status["last_error"])))
+    fields += _transfer(status.get("totals"))
+    width = max(len(label) for label, _ in fields)
+    lines = [header] + [f"  {label.rjust(width)}: {value}" for label, value in fields]
+    streams = status.get("streams")
+    if isinstance(streams, list) and streams:
+        lines += ["", *_stream_table(streams)]
+    return "\n".join(lines)
+
+
+def _check_name(name: str) -> None:
+    # A name is one directory under the runtime root, never a path out of it.
+    if not name or "/" in name or name in (".", ".."):
+        raise StatusUnavailable(f"{name!r} is not a valid instance name", not_running=True)
+
+
+async def _query_all(names: list[str], root: str) -> list[dict[str, Any] | StatusUnavailable]:
+    async def one(name: str) -> dict[str, Any] | StatusUnavailable:
+        try:
+            _check_name(name)
+            return await query(socket_path(name, root))
+        except StatusUnavailable as exc:
+            return exc
+
+    return list(await asyncio.gather(*(one(name) for name in names)))
+
+
+def status_command(names: list[str], as_json: bool, root: str = DEFAULT_RUNTIME_ROOT) -> int:
+    """`rustvpn status [NAME...] [--json]`; returns the exit code. Failures go to stderr, one line each
+    (a single named instance that fails prints nothing on stdout, even with --json)."""
+    single = len(names) == 1  # the JSON shape follows the command line, not how many instances exist
+    if not names:
+        names = list_instances(root)
+        if not names:
+            print("no rustvpn instances running", file=sys.stderr)
+            return EXIT_NOT_RUNNING
+    names = list(dict.fromkeys(names))
+    results = asyncio.run(_query_all(names, root))
+
+    code = EXIT_OK
+    for result in results:
+        if isinstance(result, StatusUnavailable):
+            print(result, file=sys.stderr)
+            code = EXIT_NOT_RUNNING if result.not_running or code == EXIT_NOT_RUNNING else EXIT_UNKNOWN
+
+    if as_json:
+        if single:
+            if isinstance(results[0], dict):
+                print(json.dumps(results[0], indent=2))
+        else:
+            instances = {
+                name: {"error": str(result)} if isinstance(result, StatusUnavailable) else result
+                for name, result in zip(names, results, strict=True)
+            }
+            print(json.dumps({"instances": instances}, indent=2))
+    else:
+        blocks = [format_status(result) for result in results if isinstance(result, dict)]
+        if blocks:
+            print("\n\n".join(blocks))
+    return code
