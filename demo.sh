@@ -43,13 +43,13 @@ ip netns exec "$server" "$rustvpn" tcpserver \
     --control-bind-address 0.0.0.0 --control-port 1107 --data-bind-address 0.0.0.0 --data-port 1108 \
     --device rustvpn --ca-bundle ca.pem --server-cert server.pem --server-key server.key \
     --ipv4 198.19.1.1/24 --ipv6 fd00:19::1/64 --route 192.0.2.0/24 --stream-count 5 --mtu 1500 \
-    >server.log 2>&1 &
+    --status-socket "$work/run/server/status.sock" >server.log 2>&1 &
 pids+=($!)
 ip netns exec "$client" "$rustvpn" tcpclient \
     --server 198.18.0.2 --control-port 1107 --data-port 1108 \
     --device rustvpn --ca-bundle ca.pem --client-cert client.pem --client-key client.key \
     --ipv4 198.19.1.2/24 --ipv6 fd00:19::2/64 --route 192.0.2.0/24 --stream-count 5 --mtu 1500 \
-    >client.log 2>&1 &
+    --status-socket "$work/run/client/status.sock" >client.log 2>&1 &
 pids+=($!)
 
 for _ in $(seq 100); do grep -q "session up" client.log 2>/dev/null && break; sleep 0.2; done
@@ -67,6 +67,9 @@ ip -n "$client" -6 route show dev rustvpn
 say "ping across the tunnel (IPv4 then IPv6)"
 ip netns exec "$client" ping -c 3 -i 0.2 198.19.1.1
 ip netns exec "$client" ping -c 3 -i 0.2 fd00:19::1
+
+say "rustvpn status (both ends, read from their status sockets)"
+"$rustvpn" status --runtime-dir "$work/run"
 
 say "what the server logged"
 cat server.log

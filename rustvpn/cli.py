@@ -77,6 +77,7 @@ def _common_tunnel_flags(p: argparse.ArgumentParser, role: Role) -> None:
         default=DEFAULT_BUILD_ID,
         help="build id sent in the config exchange; must equal the peer's (default: %(default)s)",
     )
+    p.add_argument("--status-socket", metavar="PATH", help="serve live state on this Unix socket, for `rustvpn status`")
     p.add_argument(
         "--log-level",
         choices=("error", "warn", "info", "debug", "trace"),
@@ -163,6 +164,7 @@ def config_from_args(args: argparse.Namespace) -> TunnelConfig:
             "build_id",
             "bind_address",
             "port",
+            "status_socket",
             "control_bind_address",
             "control_port",
             "data_bind_address",
@@ -214,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config = dataclasses.replace(config, status_socket=default_socket_path(instance))
         else:
             config = config_from_args(args)
+            # A seed command with a status socket is named after the socket's directory.
+            instance = Path(config.status_socket).parent.name if config.status_socket else ""
         setup_logging(config.log_level, instance=instance, transport=config.transport)
         asyncio.run(_run(config, instance))
         return 0
