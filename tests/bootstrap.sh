@@ -10,6 +10,10 @@ want_test=0
 # iproute2/iputils-ping: namespaces and ping; libsystemd-dev, pkg-config, gcc, python3-dev: to build
 # systemd-python; iperf3: throughput checks.
 packages=(iproute2 iputils-ping iperf3 libsystemd-dev pkg-config gcc python3-dev python3-venv)
+# >>> systemd host tests (tests/systemd): systemd-container gives systemd-nspawn, debootstrap builds
+# the Debian root filesystem the test hosts boot from. Only needed for the `systemd` marked tests.
+((want_test)) && packages+=(systemd-container debootstrap)
+# <<< systemd host tests
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
