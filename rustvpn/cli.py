@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime-dir", default=DEFAULT_RUNTIME_ROOT, metavar="DIR",
                    help="where instances keep NAME/status.sock (default: %(default)s)")  # fmt: skip
 
+    p = sub.add_parser("render", help="render the config template (the one Ansible uses) from a YAML mapping")
+    p.add_argument("--vars", required=True, metavar="FILE", help="YAML mapping of settings (config keys, plus name)")
+    p.add_argument("--check", action="store_true", help="also validate the result as `rustvpn check` would")
+
     p = sub.add_parser("certs", help="write a throwaway CA and server/client certificates (for tests and demos)")
     p.add_argument("--out", default=".", help="directory to write ca.pem, server.pem/.key, client.pem/.key into")
     p.add_argument(
@@ -203,6 +207,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rustvpn.status_format import status_command
 
             return status_command(args.names, args.json, args.runtime_dir)
+        if args.command == "render":
+            from rustvpn.config_file import parse_config_text
+            from rustvpn.render import render_vars_file
+
+            text = render_vars_file(args.vars)
+            if args.check:
+                parse_config_text(text, f"{args.vars} (rendered)", "render")
+            sys.stdout.write(text)
+            return 0
         if args.command == "check":
             loaded = load_config_file(args.config)
             cfg = loaded.config
