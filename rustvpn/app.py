@@ -20,7 +20,8 @@ from rustvpn.sd_notify import Notifier
 from rustvpn.session import Session, TunnelEngine, describe_state
 from rustvpn.settings import TunnelConfig
 from rustvpn.stats import TunnelState
-from rustvpn.status import StatusServer, snapshot
+from rustvpn.status import snapshot
+from rustvpn.status_server import StatusServer
 from rustvpn.tcp_transport import TcpClient, TcpServer
 from rustvpn.tun import TunDevice
 

@@ -11,7 +11,8 @@ import json
 import sys
 from typing import Any
 
-from rustvpn.status import DEFAULT_RUNTIME_ROOT, StatusUnavailable, list_instances, query, socket_path
+from rustvpn.status import DEFAULT_RUNTIME_ROOT, StatusUnavailable, socket_path
+from rustvpn.status_client import list_instances, query
 
 EXIT_OK, EXIT_NOT_RUNNING, EXIT_UNKNOWN = 0, 3, 4
 _BYTE_UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")

@@ -1,4 +1,4 @@
-"""rustvpn.status and rustvpn.status_format over real AF_UNIX sockets in tmp_path.
+"""rustvpn.status, status_server, status_client and status_format over real AF_UNIX sockets in tmp_path.
 
 The daemon side is a real StatusServer, the client side the real query()/status_command(). A
 small stand-in session object feeds snapshot(): the session is input data here, not the thing
@@ -23,21 +23,15 @@ from typing import Any, TypeVar
 
 import pytest
 
-from rustvpn import status
+from rustvpn import status_server
 from rustvpn.config_exchange import ExchangeParams
 from rustvpn.errors import SystemSetupError
 from rustvpn.settings import TunnelConfig, build_config
 from rustvpn.stats import Counters, TunnelState
-from rustvpn.status import (
-    STATUS_VERSION,
-    StatusServer,
-    StatusUnavailable,
-    default_socket_path,
-    list_instances,
-    query,
-    snapshot,
-)
+from rustvpn.status import STATUS_VERSION, StatusUnavailable, default_socket_path, snapshot
+from rustvpn.status_client import list_instances, query
 from rustvpn.status_format import format_status, human_bytes, human_duration, status_command
+from rustvpn.status_server import StatusServer
 
 T = TypeVar("T")
 
@@ -253,7 +247,7 @@ def test_oversized_request_refused_and_server_keeps_serving(tmp_path: Path) -> N
 
 
 def test_silent_client_dropped_after_timeout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(status, "REQUEST_TIMEOUT", 0.3)
+    monkeypatch.setattr(status_server, "REQUEST_TIMEOUT", 0.3)
     path = tmp_path / "office" / "status.sock"
 
     async def main() -> None:
@@ -359,7 +353,7 @@ def test_provider_failure_is_an_error_reply(tmp_path: Path, caplog: pytest.LogCa
 
 
 def test_too_many_clients(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(status, "MAX_CLIENTS", 1)
+    monkeypatch.setattr(status_server, "MAX_CLIENTS", 1)
     path = tmp_path / "office" / "status.sock"
 
     async def main() -> None:
