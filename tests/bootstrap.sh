@@ -10,9 +10,10 @@ want_test=0
 # iproute2/iputils-ping: namespaces and ping; libsystemd-dev, pkg-config, gcc, python3-dev: to build
 # systemd-python; iperf3: throughput checks.
 packages=(iproute2 iputils-ping iperf3 libsystemd-dev pkg-config gcc python3-dev python3-venv)
-# >>> systemd host tests (tests/systemd): systemd-container gives systemd-nspawn, debootstrap builds
-# the Debian root filesystem the test hosts boot from. Only needed for the `systemd` marked tests.
-((want_test)) && packages+=(systemd-container debootstrap)
+# >>> systemd host tests (tests/systemd, tests/ansible): systemd-container gives systemd-nspawn,
+# debootstrap builds the Debian root filesystem the test hosts boot from, openssh-client is how the
+# Ansible controller reaches them. Only needed for the `systemd` and `ansible` marked tests.
+((want_test)) && packages+=(systemd-container debootstrap openssh-client)
 # <<< systemd host tests
 missing=()
 for p in "${packages[@]}"; do

@@ -23,6 +23,11 @@ Commands run inside a host with ``nsenter`` into its PID 1's namespaces (no ssh)
 here (namespaces, nspawn processes, temporary root filesystems) is removed on ``close()``, also
 after a failure; only the debootstrap cache (``ROOTFS_CACHE``) survives between runs.
 
+The image also has openssh-server (ssh.service enabled, host keys made once in the image), so
+``booted_hosts(preinstall=False, authorized_keys=...)`` gives the bare pair an operator would get
+for the Ansible tests (tests/ansible): no rustvpn, but python3, python3-venv, systemd and sshd, with
+root reachable by that key.
+
 Environment knobs: ``RUSTVPN_TEST_ROOTFS_CACHE`` (cache directory, default
 /var/tmp/rustvpn-test-rootfs), ``RUSTVPN_TEST_MIRROR`` (Debian mirror for debootstrap),
 ``RUSTVPN_TEST_KEEP=1`` (keep the per-run directory with the host logs after teardown).
@@ -52,10 +57,13 @@ UNIT_FILE = REPO_ROOT / "systemd" / "rustvpn@.service"
 SUITE = "bookworm"
 MIRROR = os.environ.get("RUSTVPN_TEST_MIRROR", "http://deb.debian.org/debian")
 ROOTFS_CACHE = Path(os.environ.get("RUSTVPN_TEST_ROOTFS_CACHE", "/var/tmp/rustvpn-test-rootfs"))
-PACKAGES = "systemd,systemd-sysv,dbus,iproute2,iputils-ping,python3,python3-venv,libsystemd0,procps,kmod"
+PACKAGES = ",".join(
+    ("systemd", "systemd-sysv", "dbus", "iproute2", "iputils-ping", "python3", "python3-venv", "libsystemd0", "procps",
+     "kmod", "openssh-server")
+)  # fmt: skip
 # The stamp file records how the cached root filesystem was made; a different recipe rebuilds it.
 STAMP_NAME = ".rustvpn-rootfs-complete"
-STAMP_TEXT = f"debootstrap --variant=minbase --include={PACKAGES} {SUITE}\nprepared: v2 (slim)\n"
+STAMP_TEXT = f"debootstrap --variant=minbase --include={PACKAGES} {SUITE}\nprepared: v3 (slim, ssh host keys)\n"
 
 VENV = "/opt/rustvpn"  # where the unit's ExecStart= expects the package
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -148,6 +156,22 @@ def _prepare_image(root: Path) -> None:
     for timer in ("apt-daily.timer", "apt-daily-upgrade.timer"):
         with contextlib.suppress(FileNotFoundError):
             (root / "etc" / "systemd" / "system" / "timers.target.wants" / timer).unlink()
+    # sshd refuses to start without host keys; openssh-server's postinst normally made them. The
+    # copies of the image share them, which is fine for throwaway hosts on a private link.
+    if not list((root / "etc" / "ssh").glob("ssh_host_*_key")):
+        _nspawn_command(root, "ssh-keygen -A")
+
+
+def authorize_root_key(root: Path, public_key: str) -> None:
+    """Let ``public_key`` (one authorized_keys line) log in as root: /root/.ssh 0700, the file 0600."""
+    ssh_dir = root / "root" / ".ssh"
+    ssh_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    ssh_dir.chmod(0o700)
+    keys = ssh_dir / "authorized_keys"
+    keys.write_text(public_key.strip() + "\n")
+    keys.chmod(0o600)
+    for path in (ssh_dir, keys):
+        os.chown(path, 0, 0)
 
 
 def build_wheels(dest: Path, repo: Path = REPO_ROOT) -> Path:
@@ -379,21 +403,25 @@ class HostPair:
         return iter((self.a, self.b))
 
 
-def _namespace_prefix() -> str:
-    return f"rvsd{os.getpid()}"
+def _namespace_prefix(kind: str = "sd") -> str:
+    """``rv`` + a two-letter kind (so two pairs can live in one test session) + this process's pid."""
+    if not re.fullmatch(r"[a-z]{2}", kind):
+        raise ValueError(f"kind must be two lowercase letters, not {kind!r}")
+    return f"rv{kind}{os.getpid()}"
 
 
 def _remove_stale_namespaces() -> None:
     """Delete namespaces left by earlier runs whose test process is gone."""
     names = _sh("ip", "netns", "list").stdout.split()
     for name in names:
-        match = re.fullmatch(r"rvsd(\d+)[ab]", name)
+        match = re.fullmatch(r"rv[a-z]{2}(\d+)[ab]", name)
         if match and not Path(f"/proc/{match.group(1)}").exists():
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
 
 
 def _setup_network(prefix: str) -> None:
-    _remove_stale_namespaces()
+    with contextlib.suppress(HostError):
+        _remove_stale_namespaces()
     ns_a, ns_b = f"{prefix}a", f"{prefix}b"
     _sh("ip", "netns", "add", ns_a)
     _sh("ip", "netns", "add", ns_b)
@@ -419,7 +447,7 @@ def _boot(host: Host) -> None:
     try:
         host.nspawn = subprocess.Popen(
             [
-                "systemd-nspawn", "-D", str(host.root), "-M", f"rustvpn-{host.name}-{os.getpid()}", "-b",
+                "systemd-nspawn", "-D", str(host.root), "-M", f"rustvpn-{host.netns}", "-b",
                 "--register=no", "--keep-unit", f"--network-namespace-path=/run/netns/{host.netns}",
                 "--capability=CAP_NET_ADMIN", "--bind=/dev/net/tun", f"--hostname=rustvpn-{host.name}",
                 "--system-call-filter=bpf",
@@ -452,23 +480,36 @@ def _stop(host: Host, timeout: float = 30) -> None:
 
 
 @contextlib.contextmanager
-def booted_hosts(log: Callable[[str], None] = print) -> Iterator[HostPair]:
+def booted_hosts(
+    log: Callable[[str], None] = print,
+    *,
+    preinstall: bool = True,
+    authorized_keys: str | None = None,
+    kind: str = "sd",
+) -> Iterator[HostPair]:
     """Build (or reuse) the image, install rustvpn, boot hosts a and b; tear all down on exit.
 
+    ``preinstall=False`` leaves rustvpn out (no wheels, no venv, no unit: a bare host for a
+    deployment tool to install onto).  ``authorized_keys`` (a public key line) is put in
+    /root/.ssh/authorized_keys of both hosts before boot.  ``kind`` (two letters) names the
+    namespaces ``rv<kind><pid>a/b``, so pairs of different kinds can exist side by side.
     Timings of each step are reported through ``log``.
     """
     t0 = time.monotonic()
     image = ensure_rootfs(log=log)
     t_image = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="rustvpn-systemd-", dir="/var/tmp"))
-    prefix = _namespace_prefix()
+    workdir = Path(tempfile.mkdtemp(prefix=f"rustvpn-systemd-{kind}-", dir="/var/tmp"))
+    prefix = _namespace_prefix(kind)
     hosts: list[Host] = []
     try:
-        wheels = build_wheels(workdir / "wheels")
+        wheels = build_wheels(workdir / "wheels") if preinstall else None
         t_wheels = time.monotonic()
         first = workdir / "root-a"
         _sh("cp", "-a", "--reflink=auto", str(image), str(first), timeout=300)
-        install_rustvpn(first, wheels)
+        if wheels is not None:
+            install_rustvpn(first, wheels)
+        if authorized_keys is not None:
+            authorize_root_key(first, authorized_keys)
         _sh("cp", "-a", "--reflink=auto", str(first), str(workdir / "root-b"), timeout=300)
         t_install = time.monotonic()
         _setup_network(prefix)
