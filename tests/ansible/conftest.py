@@ -27,14 +27,6 @@ from tests.ansible.controller import (
 )
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "ansible: the Ansible role and playbook (static checks; deployment onto two nspawn hosts)"
-    )
-    # Also registered by tests/systemd/conftest.py, which pytest does not load for tests/ansible alone.
-    config.addinivalue_line("markers", "systemd: boots two systemd-nspawn hosts (slow; needs root, debootstrap)")
-
-
 @pytest.fixture(scope="session")
 def ansible_bed() -> Iterator[AnsibleTestbed]:
     reason = missing_testbed_prerequisites()

@@ -18,10 +18,6 @@ import pytest
 from tests.systemd.hosts import HostPair, booted_hosts, missing_prerequisites
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "systemd: boots two systemd-nspawn hosts (slow; needs root, debootstrap)")
-
-
 @pytest.fixture(scope="session")
 def systemd_hosts() -> Iterator[HostPair]:
     reason = missing_prerequisites()
