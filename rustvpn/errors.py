@@ -52,3 +52,15 @@ class PeerRejected(ProtocolError):
 
 class SessionLost(RustvpnError):
     """A live session ended: the peer closed, a connection broke or timed out."""
+
+
+def describe_error(exc: BaseException) -> str:
+    """A short one-line reason for a failed call: TLS's reason code, the OS error text, or the message."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    reason = getattr(exc, "reason", None)  # ssl.SSLError: e.g. KEY_VALUES_MISMATCH
+    if isinstance(reason, str) and reason:
+        return reason
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -21,7 +21,7 @@ from aioquic.quic.connection import QuicConnection
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from rustvpn.errors import ConfigError, PeerRejected
+from rustvpn.errors import ConfigError, PeerRejected, describe_error
 from rustvpn.settings import TunnelConfig
 from rustvpn.tls import require_cn
 
@@ -31,7 +31,6 @@ __all__ = [
     "certificate_cn",
     "check_peer_certificate",
     "create_connection",
-    "error_reason",
     "quic_configuration",
 ]
 
@@ -113,14 +112,16 @@ def quic_configuration(config: TunnelConfig, *, is_client: bool) -> QuicConfigur
     try:
         configuration.load_cert_chain(config.cert, config.key)
     except (OSError, ValueError, TypeError, IndexError) as exc:
-        raise ConfigError(f"certificate {config.cert} / key {config.key}: cannot load ({error_reason(exc)})") from None
+        raise ConfigError(
+            f"certificate {config.cert} / key {config.key}: cannot load ({describe_error(exc)})"
+        ) from None
     try:
         with open(config.ca_bundle, "rb") as fp:
             cadata = fp.read()
         if not tls.load_pem_x509_certificates(cadata):
             raise ValueError("no certificate in it")
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"CA bundle {config.ca_bundle}: cannot load ({error_reason(exc)})") from None
+        raise ConfigError(f"CA bundle {config.ca_bundle}: cannot load ({describe_error(exc)})") from None
     # cadata rather than cafile: read once, and never falls back to certifi's public roots.
     configuration.load_verify_locations(cadata=cadata)
     return configuration
@@ -135,13 +136,6 @@ def create_connection(
     return _TunnelConnection(
         configuration=configuration, original_destination_connection_id=original_destination_connection_id
     )
-
-
-def error_reason(exc: BaseException) -> str:
-    """A short text for a failed load or socket call: the OS error text when there is one."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def certificate_cn(cert: x509.Certificate | None) -> str | None:

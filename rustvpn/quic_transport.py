@@ -21,10 +21,10 @@ from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
-from rustvpn.errors import ConfigError, RustvpnError, SessionLost, SystemSetupError
+from rustvpn.errors import ConfigError, RustvpnError, SessionLost, SystemSetupError, describe_error
 from rustvpn.pump import PacketPump
 from rustvpn.quic_channel import QuicStreamChannel
-from rustvpn.quic_config import CONNECTION_ID_LENGTH, create_connection, error_reason, quic_configuration
+from rustvpn.quic_config import CONNECTION_ID_LENGTH, create_connection, quic_configuration
 from rustvpn.quic_machine import MachineListener, Phase, QuicSessionMachine, describe_address
 from rustvpn.session import Session
 from rustvpn.settings import TunnelConfig
@@ -201,7 +201,7 @@ class QuicClient:
         try:
             infos = await loop.getaddrinfo(self.server, port, type=socket.SOCK_DGRAM)
         except OSError as exc:
-            raise SessionLost(f"cannot resolve {self.server}: {error_reason(exc)}") from None
+            raise SessionLost(f"cannot resolve {self.server}: {describe_error(exc)}") from None
         family, _, _, _, addr = infos[0]
         # A socket of the server address's own family, so IPv6-only servers are reachable.
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -210,7 +210,7 @@ class QuicClient:
             sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
         except OSError as exc:
             sock.close()
-            raise SessionLost(f"cannot open a UDP socket for {self.server}: {error_reason(exc)}") from None
+            raise SessionLost(f"cannot open a UDP socket for {self.server}: {describe_error(exc)}") from None
         peer = describe_address(addr)
         quic = create_connection(self.configuration)
         _, link = await loop.create_datagram_endpoint(lambda: _ClientLink(quic, self.config, peer), sock=sock)
@@ -309,7 +309,7 @@ class QuicServer:
             sock.bind((host, port))
         except OSError as exc:
             sock.close()
-            raise SystemSetupError(f"cannot listen for QUIC on {host}:{port}: {error_reason(exc)}") from None
+            raise SystemSetupError(f"cannot listen for QUIC on {host}:{port}: {describe_error(exc)}") from None
         await asyncio.get_running_loop().create_datagram_endpoint(lambda: _ServerEndpoint(self), sock=sock)
         assert self.address is not None
         log.info("QUIC listening on %s (UDP)", describe_address(self.address))

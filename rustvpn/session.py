@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from rustvpn import events
 from rustvpn.config_exchange import ExchangeParams, format_exchange, parse_exchange, validate_exchange
-from rustvpn.errors import ConfigError, RustvpnError
+from rustvpn.errors import ConfigError, RustvpnError, describe_error
 from rustvpn.log_setup import CONTEXT
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.settings import TunnelConfig
@@ -147,7 +147,7 @@ class TunnelEngine:
                 raise
             except (TimeoutError, RustvpnError, OSError) as exc:
                 failures += 1
-                self.state.last_error = describe_failure(exc)
+                self.state.last_error = describe_error(exc)
                 log.warning(
                     "connecting to %s failed: %s",
                     self.config.server,
@@ -172,14 +172,6 @@ class TunnelEngine:
             log.info("waiting for a peer", extra=events.event(events.LISTENING))
             session = await next_session()
             await self.run_session(session)
-
-
-def describe_failure(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def describe_state(state: TunnelState) -> str:

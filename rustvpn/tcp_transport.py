@@ -11,10 +11,10 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from rustvpn.config_exchange import ExchangeParams
-from rustvpn.errors import PeerRejected, ProtocolError, RustvpnError, SessionLost, SystemSetupError
+from rustvpn.errors import PeerRejected, ProtocolError, RustvpnError, SessionLost, SystemSetupError, describe_error
 from rustvpn.framing import MAX_CONTROL_MESSAGE
 from rustvpn.pump import PacketChannel, PacketPump
-from rustvpn.session import Session, check_peer_exchange, describe_failure, exchange_text
+from rustvpn.session import Session, check_peer_exchange, exchange_text
 from rustvpn.settings import TunnelConfig
 from rustvpn.tcp_channel import FramedConnection
 from rustvpn.tls import check_peer_cn, client_context, describe_tls_error, server_context
@@ -111,7 +111,7 @@ class TcpClient:
         except ssl.SSLError as exc:
             raise PeerRejected(f"TLS handshake with {self.server}:{port} failed: {describe_tls_error(exc)}") from None
         except (OSError, TimeoutError) as exc:
-            raise SessionLost(f"cannot reach {self.server}:{port}: {describe_failure(exc)}") from None
+            raise SessionLost(f"cannot reach {self.server}:{port}: {describe_error(exc)}") from None
         try:
             check_peer_cn(conn.peercert, self.config.peer_cn)
         except PeerRejected:
@@ -283,7 +283,7 @@ class TcpServer:
             conn.write_message(exchange_text(self.config, my_token))
             params = check_peer_exchange(self.config, my_token, request, peer, need_token=True)
         except (RustvpnError, TimeoutError) as exc:
-            log.warning("control connection from %s refused: %s", peer, describe_failure(exc))
+            log.warning("control connection from %s refused: %s", peer, describe_error(exc))
             conn.close("exchange failed")
             return
         if self.busy:  # another client finished its exchange first
@@ -337,7 +337,7 @@ class TcpServer:
             check_peer_cn(conn.peercert, self.config.peer_cn)
             presented = await conn.read_message(HANDSHAKE_TIMEOUT)
         except (RustvpnError, TimeoutError) as exc:
-            log.warning("data connection from %s refused: %s", peer, describe_failure(exc))
+            log.warning("data connection from %s refused: %s", peer, describe_error(exc))
             conn.abort("refused")
             return
         if self._pending is not pending:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from rustvpn.errors import ConfigError, PeerRejected
+from rustvpn.errors import ConfigError, PeerRejected, describe_error
 
 
 def _load(context: ssl.SSLContext, ca_bundle: str, cert: str, key: str) -> ssl.SSLContext:
@@ -14,22 +14,14 @@ def _load(context: ssl.SSLContext, ca_bundle: str, cert: str, key: str) -> ssl.S
     try:
         context.load_verify_locations(cafile=ca_bundle)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"CA bundle {ca_bundle}: cannot load ({_reason(exc)})") from None
+        raise ConfigError(f"CA bundle {ca_bundle}: cannot load ({describe_error(exc)})") from None
     try:
         context.load_cert_chain(certfile=cert, keyfile=key)
     except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"certificate {cert} / key {key}: cannot load ({_reason(exc)})") from None
+        raise ConfigError(f"certificate {cert} / key {key}: cannot load ({describe_error(exc)})") from None
     # No ALPN, no session tickets to resume: every session is a full mutual handshake.
     context.options |= ssl.OP_NO_TICKET
     return context
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError):
-        return exc.reason or str(exc)
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
 
 
 def server_context(ca_bundle: str, cert: str, key: str) -> ssl.SSLContext:
