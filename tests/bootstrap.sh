@@ -15,6 +15,10 @@ packages=(iproute2 iputils-ping iperf3 libsystemd-dev pkg-config gcc python3-dev
 # Ansible controller reaches them. Only needed for the `systemd` and `ansible` marked tests.
 ((want_test)) && packages+=(systemd-container debootstrap openssh-client)
 # <<< systemd host tests
+# >>> benchmark (bench/run.py): openvpn is the reference tunnel it compares rustvpn with (iperf3,
+# above, measures throughput). bench/run.py skips the OpenVPN rows when it is missing.
+((want_test)) && packages+=(openvpn)
+# <<< benchmark
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/bootstrap.sh --test
-echo "== ruff" && .venv/bin/ruff check rustvpn tests && .venv/bin/ruff format --check rustvpn tests
+echo "== ruff" && .venv/bin/ruff check rustvpn tests bench && .venv/bin/ruff format --check rustvpn tests bench
 echo "== mypy" && .venv/bin/mypy rustvpn
+echo "== bench (short)" && .venv/bin/python bench/run.py --short --out "$(mktemp -d)"
 echo "== pytest" && .venv/bin/python -m pytest -p no:cacheprovider -ra "$@"
