@@ -111,6 +111,13 @@ def _readable_file(name: str, value: Any) -> str:
     return path
 
 
+def _private_file(name: str, path: str) -> None:
+    """A private key that other users can read is a leaked key: refuse it, as ssh does."""
+    mode = os.stat(path).st_mode & 0o777
+    if mode & 0o004 or mode & 0o022:
+        raise ConfigError(f"{name}: {path} is readable or writable by other users (mode {mode:04o}): chmod 600 {path}")
+
+
 def build_config(
     transport: Transport,
     role: Role,
@@ -163,6 +170,8 @@ def build_config(
     kwargs["ca_bundle"] = file_check(name_of("ca_bundle"), get("ca_bundle", "ca.pem"))
     kwargs["cert"] = file_check(name_of("cert"), get("cert", default_cert))
     kwargs["key"] = file_check(name_of("key"), get("key", default_key))
+    if check_files:
+        _private_file(name_of("key"), kwargs["key"])
 
     if role == "server":
         for key in ("bind_address", "control_bind_address", "data_bind_address"):
