@@ -278,12 +278,17 @@ WRONG_TYPES = [
 ]
 
 
-@pytest.mark.parametrize(("key", "line", "mention"), WRONG_TYPES, ids=[t[1] for t in WRONG_TYPES])
-def test_wrong_type(tmp_path: Path, key: str, line: str, mention: str) -> None:
+def assert_one_bad_line(tmp_path: Path, key: str, line: str, mention: str) -> None:
+    """The file's line 3 or 4 holds the bad value; the error names that line, the key and the value."""
     message = error_of(tmp_path, QUIC_SERVER + "device: tun9\n" * (key != "device") + line + "\n")
     expected_line = 3 if key == "device" else 4
     assert message.startswith(where(tmp_path, expected_line, key)), message
     assert mention in message
+
+
+@pytest.mark.parametrize(("key", "line", "mention"), WRONG_TYPES, ids=[t[1] for t in WRONG_TYPES])
+def test_wrong_type(tmp_path: Path, key: str, line: str, mention: str) -> None:
+    assert_one_bad_line(tmp_path, key, line, mention)
 
 
 def test_wrong_type_in_a_block_value_names_the_key_line(tmp_path: Path) -> None:
@@ -325,10 +330,7 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize(("key", "line", "mention"), BAD_VALUES, ids=[t[1] for t in BAD_VALUES])
 def test_bad_value(tmp_path: Path, key: str, line: str, mention: str) -> None:
-    message = error_of(tmp_path, QUIC_SERVER + "device: tun9\n" * (key != "device") + line + "\n")
-    expected_line = 3 if key == "device" else 4
-    assert message.startswith(where(tmp_path, expected_line, key)), message
-    assert mention in message
+    assert_one_bad_line(tmp_path, key, line, mention)
 
 
 def test_tcp_server_ports_must_differ(tmp_path: Path) -> None:

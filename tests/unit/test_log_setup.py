@@ -9,7 +9,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pytest
 
@@ -48,6 +48,15 @@ def restore_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         setattr(CONTEXT, field.name, getattr(context, field.name))
 
 
+def _detach_and_close(stream: TextIO) -> None:
+    """Drop the root handlers that write to ``stream`` (setup_logging made them), then close it."""
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
+            root.removeHandler(handler)
+    stream.close()
+
+
 class PipeStderr:
     """A plain pipe to stand in for stderr; read() returns what was written so far."""
 
@@ -73,11 +82,7 @@ class PipeStderr:
         return b"".join(chunks).decode()
 
     def close(self) -> None:
-        root = logging.getLogger()
-        for handler in root.handlers[:]:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
-                root.removeHandler(handler)
-        self.stream.close()
+        _detach_and_close(self.stream)
         os.close(self._read_fd)
 
 
@@ -103,11 +108,7 @@ class FileStderr:
         return self.ident
 
     def close(self) -> None:
-        root = logging.getLogger()
-        for handler in root.handlers[:]:
-            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
-                root.removeHandler(handler)
-        self.stream.close()
+        _detach_and_close(self.stream)
 
 
 @pytest.fixture
