@@ -85,6 +85,27 @@ def _common_tunnel_flags(p: argparse.ArgumentParser, role: Role) -> None:
     )
 
 
+def _datagram_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-datagrams",
+        dest="datagrams",
+        action="store_const",
+        const=False,
+        help="carry packets on the data streams only, never as QUIC DATAGRAM frames (offered by default; "
+        "used only when the peer offers them too)",
+    )
+
+
+def _offload_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-offload",
+        dest="offload",
+        action="store_const",
+        const=False,
+        help="do not offer TUN segmentation offload (64 KB segments carried whole between two rustvpn peers)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rustvpn", description="Point-to-point VPN over QUIC or TLS/TCP.")
     parser.add_argument("--version", action="version", version=f"rustvpn {__version__}")
@@ -96,11 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", default=str(DEFAULT_QUIC_PORT), help="UDP port to listen on (default: %(default)s)")
     _common_tunnel_flags(p, "server")
+    _datagram_flag(p)
 
     p = sub.add_parser("client", help="QUIC mode client")
     p.add_argument("--server", required=True, help="server hostname or IP (also the TLS name checked)")
     p.add_argument("--port", default=str(DEFAULT_QUIC_PORT), help="server UDP port (default: %(default)s)")
     _common_tunnel_flags(p, "client")
+    _datagram_flag(p)
 
     p = sub.add_parser("tcpserver", help="TCP mode server (TLS control plane + N TLS data connections)")
     p.add_argument("--control-bind-address", default="0.0.0.0", help="control plane address (default: %(default)s)")
@@ -110,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-bind-address", default="0.0.0.0", help="data plane address (default: %(default)s)")
     p.add_argument("--data-port", default=str(DEFAULT_DATA_PORT), help="data plane port (default: %(default)s)")
     _common_tunnel_flags(p, "server")
+    _offload_flag(p)
 
     p = sub.add_parser("tcpclient", help="TCP mode client")
     p.add_argument("--server", required=True, help="server hostname or IP (also the TLS name checked)")
@@ -118,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-port", default=str(DEFAULT_DATA_PORT), help="data plane port (default: %(default)s)")
     _common_tunnel_flags(p, "client")
+    _offload_flag(p)
 
     p = sub.add_parser("run", help="run the tunnel described by a YAML file (the systemd service's command)")
     p.add_argument(
@@ -174,6 +199,8 @@ def config_from_args(args: argparse.Namespace) -> TunnelConfig:
             "data_bind_address",
             "data_port",
             "server",
+            "datagrams",
+            "offload",
         )
     }
     values["log_level"] = resolve_level(args.log_level)

@@ -16,6 +16,11 @@ KEY_BUILD_ID = "build_id"
 KEY_STREAMS = "number_of_streams"
 KEY_MTU = "mtu"
 KEY_TOKEN = "token"
+# Capabilities beyond the reference protocol, offered as ``key=1`` and used only when both sides
+# offer them (the reference peer ignores unknown keys, so it never does).
+OPTION_DATAGRAM = "datagram"  # QUIC: packets as RFC 9221 DATAGRAM frames instead of stream frames
+OPTION_OFFLOAD = "offload"  # TCP: TUN segmentation offload, 64 KB segments carried whole
+KNOWN_OPTIONS = (OPTION_DATAGRAM, OPTION_OFFLOAD)
 
 MIN_STREAMS, MAX_STREAMS = 1, 100
 MIN_MTU, MAX_MTU = 100, 65535
@@ -31,17 +36,19 @@ class ExchangeParams:
     number_of_streams: int
     mtu: int
     token: str
+    options: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         # Tokens are secrets: never let one reach a log line through repr().
         return (
             f"ExchangeParams(build_id={self.build_id!r}, number_of_streams={self.number_of_streams}, "
-            f"mtu={self.mtu}, token=<hidden>)"
+            f"mtu={self.mtu}, token=<hidden>, options={sorted(self.options)})"
         )
 
     def describe(self) -> str:
         """Loggable summary: everything but the token."""
-        return f"build_id={self.build_id} number_of_streams={self.number_of_streams} mtu={self.mtu}"
+        text = f"build_id={self.build_id} number_of_streams={self.number_of_streams} mtu={self.mtu}"
+        return text + "".join(f" {option}=1" for option in sorted(self.options))
 
 
 def check_build_id(build_id: str) -> str:
@@ -57,6 +64,10 @@ def format_exchange(params: ExchangeParams) -> bytes:
         f"{KEY_BUILD_ID}={params.build_id};{KEY_STREAMS}={params.number_of_streams};"
         f"{KEY_MTU}={params.mtu};{KEY_TOKEN}={params.token}"
     )
+    for option in sorted(params.options):
+        if option not in KNOWN_OPTIONS:
+            raise ValueError(f"unknown exchange option {option!r}")
+        text += f";{option}=1"
     return text.encode("utf-8")
 
 
@@ -108,4 +119,6 @@ def validate_exchange(ours: ExchangeParams, theirs: Mapping[str, str], *, need_t
     if need_token and not (0 < len(token) <= 256 and token.isascii() and token.isprintable()):
         # Never echo a token, even a malformed one.
         raise ExchangeMismatch(KEY_TOKEN, "<hidden>", "<missing>" if not token else "<malformed>")
-    return ExchangeParams(build_id=build_id, number_of_streams=streams, mtu=mtu, token=token)
+    # An option counts as offered only as exactly "1"; anything else is "not supported".
+    options = frozenset(option for option in KNOWN_OPTIONS if theirs.get(option) == "1")
+    return ExchangeParams(build_id=build_id, number_of_streams=streams, mtu=mtu, token=token, options=options)

@@ -16,7 +16,7 @@ from rustvpn.errors import ConfigError
 from rustvpn.log_setup import resolve_level
 from rustvpn.settings import Role, Transport, TunnelConfig, build_config
 
-_STR, _INT, _LIST = "text", "whole number", "list of CIDRs"
+_STR, _INT, _LIST, _BOOL = "text", "whole number", "list of CIDRs", "true or false"
 # key -> expected YAML type. transport and role are required; the rest have defaults.
 SCHEMA: dict[str, str] = {
     "transport": _STR,
@@ -41,6 +41,8 @@ SCHEMA: dict[str, str] = {
     "build_id": _STR,
     "log_level": _STR,
     "status_socket": _STR,
+    "datagrams": _BOOL,
+    "offload": _BOOL,
 }
 _TRANSPORTS = ("quic", "tcp")
 _ROLES = ("server", "client")
@@ -143,6 +145,10 @@ def _value(path: str, key: str, node: yaml.Node) -> Any:
         return [n.value for n in node.value]
     if not isinstance(node, yaml.ScalarNode):
         raise ConfigError(f"{path}:{line}: {key}: expected a {expected}, not a {type(node).__name__[:-4].lower()}")
+    if expected == _BOOL:
+        if node.tag != "tag:yaml.org,2002:bool":
+            raise ConfigError(f"{path}:{line}: {key}: expected {expected}, got {node.value!r}")
+        return node.value.lower() in ("true", "yes", "on", "y")
     if expected == _INT:
         if node.tag != "tag:yaml.org,2002:int":
             raise ConfigError(f"{path}:{line}: {key}: expected a {expected}, got {node.value!r}")

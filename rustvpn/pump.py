@@ -1,7 +1,7 @@
 """The packet pump shared by both transports: TUN <-> the N packet channels of a session.
 
 Outgoing: read packets from the TUN device in batches, pick a channel per packet (port hash or
-round-robin), and hand each channel all of its frames in one write (one TLS record / QUIC send
+round-robin), and hand each channel all of its packets at once (one TLS record / QUIC send
 per batch rather than per packet). When a channel's send buffer is over its high-water mark the
 pump stops reading the TUN device, so the kernel's queue takes the pressure (and drops), rather
 than our memory.
@@ -17,7 +17,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from rustvpn.flow_hash import StreamSelector
-from rustvpn.framing import encode_frames
 from rustvpn.stats import Counters
 from rustvpn.tun import TunDevice
 
@@ -36,8 +35,8 @@ class PacketChannel(ABC):
         self.paused = False
 
     @abstractmethod
-    def send_frames(self, data: bytes) -> None:
-        """Queue already-framed bytes for the peer."""
+    def send_packets(self, packets: list[bytes]) -> None:
+        """Queue a batch of packets for the peer (framed as the channel's wire format wants)."""
 
     def pause_writing(self) -> None:
         self.paused = True
@@ -145,7 +144,7 @@ class PacketPump:
         for index, packets in batches.items():
             channel = channels[index]
             size = sum(len(p) for p in packets)
-            channel.send_frames(encode_frames(packets))
+            channel.send_packets(packets)
             counters = channel.counters
             counters.packets_out += len(packets)
             counters.bytes_out += size

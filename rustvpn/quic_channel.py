@@ -13,7 +13,7 @@ from collections.abc import Callable
 from aioquic.quic.connection import QuicConnection
 
 from rustvpn.errors import FrameError, ProtocolError
-from rustvpn.framing import FrameDecoder
+from rustvpn.framing import FrameDecoder, encode_frames
 from rustvpn.pump import PacketChannel
 
 __all__ = ["DATA_HELLO", "SEND_HIGH_WATER", "SEND_LOW_WATER", "PacketSink", "QuicStreamChannel"]
@@ -59,10 +59,10 @@ class QuicStreamChannel(PacketChannel):
         self._wakeup = wakeup
 
     # -- sending ------------------------------------------------------------------------------
-    def send_frames(self, data: bytes) -> None:
-        if not self._session_up() or not data:
+    def send_packets(self, packets: list[bytes]) -> None:
+        if not self._session_up() or not packets:
             return
-        self._write(data)
+        self._write(encode_frames(packets))
         if not self.paused and self.unsent() > SEND_HIGH_WATER:
             self.pause_writing()
         self._wakeup()

@@ -10,6 +10,7 @@ every session.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -31,7 +32,7 @@ RETRY_DELAYS = (1.0, 2.0, 3.0, 5.0)
 
 
 def local_params(config: TunnelConfig, token: str) -> ExchangeParams:
-    return ExchangeParams(config.build_id, config.stream_count, config.mtu, token)
+    return ExchangeParams(config.build_id, config.stream_count, config.mtu, token, config.offered_options())
 
 
 def exchange_text(config: TunnelConfig, token: str) -> bytes:
@@ -41,8 +42,12 @@ def exchange_text(config: TunnelConfig, token: str) -> bytes:
 def check_peer_exchange(
     config: TunnelConfig, token: str, data: bytes, peer: str, *, need_token: bool
 ) -> ExchangeParams:
-    """Parse and validate the peer's exchange text; raises ExchangeError/ExchangeMismatch."""
-    theirs = validate_exchange(local_params(config, token), parse_exchange(data), need_token=need_token)
+    """Parse and validate the peer's exchange text; raises ExchangeError/ExchangeMismatch.
+
+    The result's options are the ones both sides offered: the ones this session uses."""
+    ours = local_params(config, token)
+    theirs = validate_exchange(ours, parse_exchange(data), need_token=need_token)
+    theirs = dataclasses.replace(theirs, options=theirs.options & ours.options)
     log.info("exchange with %s ok: %s", peer, theirs.describe(), extra=events.event(events.EXCHANGE_OK))
     return theirs
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from rustvpn import DEFAULT_BUILD_ID
 from rustvpn.cidr import Network, normalize_cidr, parse_interface, routes_for
-from rustvpn.config_exchange import MAX_STREAMS, MIN_STREAMS, check_build_id
+from rustvpn.config_exchange import MAX_STREAMS, MIN_STREAMS, OPTION_DATAGRAM, OPTION_OFFLOAD, check_build_id
 from rustvpn.errors import ConfigError
 
 Transport = Literal["quic", "tcp"]
@@ -57,6 +57,15 @@ class TunnelConfig:
     server: str | None = None
     # Where the daemon serves its live state (rustvpn run); None = no status socket.
     status_socket: str | None = None
+    # Offered to the peer, used when it offers them too (see config_exchange.KNOWN_OPTIONS):
+    # QUIC DATAGRAM frames for packets, and TUN segmentation offload in TCP mode.
+    datagrams: bool = True
+    offload: bool = True
+
+    def offered_options(self) -> frozenset[str]:
+        if self.transport == "quic":
+            return frozenset({OPTION_DATAGRAM}) if self.datagrams else frozenset()
+        return frozenset({OPTION_OFFLOAD}) if self.offload else frozenset()
 
     @property
     def is_server(self) -> bool:
@@ -200,4 +209,13 @@ def build_config(
         and (kwargs["control_bind_address"] == kwargs["data_bind_address"])
     ):
         raise ConfigError(f"{name_of('data_port')}: must differ from {name_of('control_port')}")
+    for key, mode in (("datagrams", "quic"), ("offload", "tcp")):
+        raw = values.get(key)
+        if raw is None:
+            continue
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{name_of(key)}: expected true or false, got {raw!r}")
+        if transport != mode:
+            raise ConfigError(f"{name_of(key)}: only a setting of {mode} mode (remove it or change transport)")
+        kwargs[key] = raw
     return TunnelConfig(**kwargs)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rustvpn.errors import FrameError, SessionLost
-from rustvpn.framing import MAX_CONTROL_MESSAGE, FrameDecoder, encode_frame
+from rustvpn.framing import MAX_CONTROL_MESSAGE, FrameDecoder, encode_frame, encode_frames
 from rustvpn.pump import PacketChannel
 
 log = logging.getLogger("rustvpn.tcp")
@@ -146,10 +146,10 @@ class FramedConnection(asyncio.Protocol, PacketChannel):
         if early:
             sink(self, early)
 
-    def send_frames(self, data: bytes) -> None:
+    def send_packets(self, packets: list[bytes]) -> None:
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(data)
+            transport.write(encode_frames(packets))  # one TLS write per batch
 
     # -- teardown ----------------------------------------------------------------------------
     def close(self, reason: str = "closed locally") -> None:

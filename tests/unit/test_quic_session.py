@@ -39,7 +39,7 @@ from rustvpn.quic_transport import QuicClient, QuicServer
 from rustvpn.session import Session
 from rustvpn.settings import TunnelConfig
 
-EXCHANGE_RE = re.compile(rb"build_id=test-build;number_of_streams=2;mtu=1400;token=[0-9A-Za-z]{32}")
+EXCHANGE_RE = re.compile(rb"build_id=test-build;number_of_streams=2;mtu=1400;token=[0-9A-Za-z]{32};datagram=1")
 
 
 @pytest.fixture(scope="module")
@@ -145,9 +145,9 @@ def test_exchange_and_frames_both_ways(pki: dict[str, Path]) -> None:
     client.bind(client_rec.sink)
     server.bind(server_rec.sink)
     big = bytes(range(256)) * 5 + b"\x01" * 120  # exactly the MTU, 1400 bytes
-    client.channels[0].send_frames(encode_frames([b"one", big]))
-    client.channels[2].send_frames(encode_frames([b"three"]))
-    server.channels[1].send_frames(encode_frames([b"back", b"again"]))
+    client.channels[0].send_packets([b"one", big])
+    client.channels[2].send_packets([b"three"])
+    server.channels[1].send_packets([b"back", b"again"])
     assert wire.run(lambda: len(server_rec.packets) == 3 and len(client_rec.packets) == 2)
     # In order within a stream; streams are independent of each other.
     assert [p for s, p in server_rec.packets if s == 8] == [b"one", big]
@@ -329,9 +329,9 @@ def test_backpressure_pauses_and_resumes(pki: dict[str, Path]) -> None:
     assert wire.run(both_up(client, server))
     server.bind(server_rec.sink)
     channel = client.channels[0]
-    batch = encode_frames([b"p" * 1400] * 100)
+    batch = [b"p" * 1400] * 100
     while not channel.paused:
-        channel.send_frames(batch)
+        channel.send_packets(batch)
     assert channel.unsent() > SEND_HIGH_WATER
     assert wire.run(lambda: not channel.paused, seconds=30.0)
     assert wire.run(lambda: channel.unsent() == 0 and len(server_rec.packets) % 100 == 0 and server_rec.packets)
@@ -387,8 +387,8 @@ async def start_server(pki: dict[str, Path], bind: str) -> tuple[QuicServer, int
 async def exchange_packets(a: Session, b: Session, a_sink: Collector, b_sink: Collector, tag: bytes) -> None:
     before_a, before_b = len(a_sink.packets), len(b_sink.packets)
     for i, channel in enumerate(a.channels):
-        channel.send_frames(encode_frames([tag + b" a->b %d" % i]))
-    b.channels[0].send_frames(encode_frames([tag + b" b->a"]))
+        channel.send_packets([tag + b" a->b %d" % i])
+    b.channels[0].send_packets([tag + b" b->a"])
     await b_sink.wait_for(before_b + len(a.channels))
     await a_sink.wait_for(before_a + 1)
 

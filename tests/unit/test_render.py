@@ -32,6 +32,7 @@ FULL = {
     "build_id": "0012345",
     "log_level": "debug",
     "status_socket": "/run/rustvpn/wan/status.sock",
+    "offload": False,
 }
 
 
@@ -47,6 +48,7 @@ def test_rendered_config_loads_back_to_the_same_settings() -> None:
     assert loaded.transport == "tcp" and loaded.role == "server"
     assert loaded.control_bind_address == "::" and loaded.data_port == 1108
     assert loaded.stream_count == 7 and loaded.mtu == 1400
+    assert loaded.offload is False and loaded.datagrams is True
     assert [str(r) for r in loaded.routes] == ["192.0.2.0/24", "fd00:99::/64"]
     assert loaded.build_id == "0012345"  # quoted, so not read back as a number
     assert loaded.peer_cn == "wan-client" and loaded.status_socket == "/run/rustvpn/wan/status.sock"

@@ -24,7 +24,6 @@ import pytest
 
 from rustvpn import DEFAULT_BUILD_ID, tcp_transport
 from rustvpn.errors import ExchangeMismatch, PeerRejected, RustvpnError, SystemSetupError
-from rustvpn.framing import encode_frames
 from rustvpn.pki import new_authority, write_demo_set
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.session import Session
@@ -305,7 +304,7 @@ async def check_flow(sender: Session, receiver: Session, recorder: Recorder, tag
     expected: dict[PacketChannel, list[bytes]] = {}
     for index, channel in enumerate(sender.channels):
         packets = sample_packets(f"{tag}{index}", sender.params.mtu)
-        channel.send_frames(encode_frames(packets))
+        channel.send_packets(packets)
         expected[counterpart(channel, receiver)] = packets
     await recorder.wait(lambda: sum(map(len, recorder.got.values())) >= sum(map(len, expected.values())), tag)
     await asyncio.sleep(0.05)  # anything extra (duplicates) would show up now
@@ -357,7 +356,7 @@ def test_session_set_up_and_frames_both_ways(certs: dict[str, Path]) -> None:
             # Many frames in one write, split across TLS records, still arrive one by one.
             burst = [bytes([n % 251 + 1]) * (n % MTU + 1) for n in range(300)]
             channel = client.channels[0]
-            channel.send_frames(encode_frames(burst))
+            channel.send_packets(burst)
             target = counterpart(channel, server)
             await at_server.wait(lambda: len(at_server.got[target]) >= 4 + len(burst), "burst")
             assert at_server.got[target][4:] == burst
@@ -380,7 +379,7 @@ def test_frames_sent_before_the_receiver_binds_are_delivered_on_bind(certs: dict
             client, server = await rig.pair()
             packets = sample_packets("early", MTU)
             channel = client.channels[1]
-            channel.send_frames(encode_frames(packets))
+            channel.send_packets(packets)
             await asyncio.sleep(0.2)  # they reach the server before it binds the session
             recorder = bind(server)
             target = counterpart(channel, server)
