@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 
 from rustvpn import __version__, events
 from rustvpn.netlink import configure_device
+from rustvpn.offload import GSO_MAX_SIZE
 from rustvpn.pump import PacketPump
 from rustvpn.quic_transport import QuicClient, QuicServer
 from rustvpn.sd_notify import Notifier
@@ -49,13 +50,23 @@ async def run_tunnel(config: TunnelConfig, instance: str = "", notifier: Notifie
     else:
         connect = (TcpClient(config) if config.transport == "tcp" else QuicClient(config)).connect
 
-    tun = TunDevice.open(config.device)
+    # TCP mode offers segmentation offload: the device then carries virtio headers, and offloads
+    # are switched on per session when the peer takes them too.
+    offload = config.transport == "tcp" and config.offload
+    tun = TunDevice.open(config.device, vnet_hdr=offload)
     state = TunnelState()
     pump = PacketPump(tun, state.totals)
     status: StatusServer | None = None
     try:
         # pyroute2's synchronous API runs its own event loop, so it gets a thread of its own.
-        await asyncio.to_thread(configure_device, config.device, config.mtu, config.interfaces(), config.all_routes())
+        await asyncio.to_thread(
+            configure_device,
+            config.device,
+            config.mtu,
+            config.interfaces(),
+            config.all_routes(),
+            gso_max_size=GSO_MAX_SIZE if offload else None,
+        )
         log.info(
             "device %s up: addresses %s, routes %s",
             config.device,

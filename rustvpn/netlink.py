@@ -19,8 +19,16 @@ log = logging.getLogger("rustvpn.netlink")
 IFA_F_NODAD = 0x02
 
 
-def configure_device(name: str, mtu: int, addresses: Iterable[Interface], routes: Iterable[Network]) -> None:
-    """Set MTU, add the addresses, bring the link up and install routes through the device."""
+def configure_device(
+    name: str,
+    mtu: int,
+    addresses: Iterable[Interface],
+    routes: Iterable[Network],
+    *,
+    gso_max_size: int | None = None,
+) -> None:
+    """Set MTU (and the largest offloaded segment), add the addresses, bring the link up and install
+    routes through the device."""
     try:
         with IPRoute() as ipr:
             found = ipr.link_lookup(ifname=name)
@@ -28,6 +36,8 @@ def configure_device(name: str, mtu: int, addresses: Iterable[Interface], routes
                 raise SystemSetupError(f"device {name!r} vanished before it could be configured")
             index = found[0]
             ipr.link("set", index=index, mtu=mtu)
+            if gso_max_size is not None:
+                ipr.link("set", index=index, gso_max_size=gso_max_size)
             for iface in addresses:
                 kwargs = {"index": index, "address": str(iface.ip), "prefixlen": iface.network.prefixlen}
                 if isinstance(iface, ipaddress.IPv6Interface):

@@ -7,6 +7,11 @@ pump stops reading the TUN device, so the kernel's queue takes the pressure (and
 than our memory.
 
 Incoming: channels deliver decoded packets, which are written to the TUN device at once.
+
+Offload (TCP mode, see offload.py): a device opened with virtio headers hands over 64 KB TCP
+segments. In a session where both peers offered offload they cross whole, header included; in any
+other session each read is turned into finished MTU-sized packets here before it is sent, and
+packets from the peer get an all-zero header on the way in.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from rustvpn.flow_hash import StreamSelector
+from rustvpn.offload import MAX_OFFLOAD_FRAME, VNET_HDR_LEN, OffloadError, is_plain, plain_packets
 from rustvpn.stats import Counters
 from rustvpn.tun import TunDevice
 
 log = logging.getLogger("rustvpn.pump")
 
-# Packets read from the TUN device per wake-up before yielding to the event loop.
+# Packets, and bytes, read from the TUN device per wake-up before yielding to the event loop: with
+# offload one read can be 64 KB, and a long batch delays everything else (pings wait behind it).
 TUN_BATCH = 128
+TUN_BATCH_BYTES = 256 * 1024
 
 
 class PacketChannel(ABC):
@@ -64,6 +72,7 @@ class PacketPump:
         self._channels: Sequence[PacketChannel] = ()
         self._selector: StreamSelector | None = None
         self._mtu = 0
+        self._offload = False  # this session carries virtio-headed segments whole
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._resume_task: asyncio.Task[None] | None = None
@@ -77,7 +86,13 @@ class PacketPump:
         self.detach()
         self._remove_reader()
 
-    def attach(self, channels: Sequence[PacketChannel], mtu: int) -> None:
+    def attach(self, channels: Sequence[PacketChannel], mtu: int, *, offload: bool = False) -> None:
+        """Bind a session's channels; ``offload``: both peers agreed to carry offloaded segments."""
+        if self.tun.vnet_hdr:
+            self.tun.set_offload(offload)
+        elif offload:
+            raise ValueError("offload needs a device opened with virtio headers")
+        self._offload = offload
         self._channels = list(channels)
         self._selector = StreamSelector(len(channels))
         self._mtu = mtu
@@ -93,9 +108,12 @@ class PacketPump:
 
     def deliver(self, channel: PacketChannel, packets: list[bytes]) -> None:
         """Packets from the peer: write them to the TUN device."""
-        counters, totals, write = channel.counters, self.totals, self.tun.write
+        counters, totals = channel.counters, self.totals
+        # An offload peer's frames carry their own virtio header; other peers' packets get a blank one.
+        write = self.tun.write if self._offload or not self.tun.vnet_hdr else self.tun.write_plain
+        overhead = VNET_HDR_LEN if self._offload else 0
         for packet in packets:
-            size = len(packet)
+            size = len(packet) - overhead
             if write(packet):
                 counters.packets_in += 1
                 counters.bytes_in += size
@@ -116,34 +134,66 @@ class PacketPump:
         self._reading = False
 
     def _on_tun_readable(self) -> None:
-        channels, selector, totals = self._channels, self._selector, self.totals
+        channels, selector, totals, mtu = self._channels, self._selector, self.totals, self._mtu
+        vnet_hdr, offload = self.tun.vnet_hdr, self._offload
         batches: dict[int, list[bytes]] = {}
         read = self.tun.read
+        budget = TUN_BATCH_BYTES
         for _ in range(TUN_BATCH):
+            if budget <= 0:
+                break
             try:
-                packet = read()
+                data = read()
             except OSError as exc:
                 log.warning("reading %s failed: %s", self.tun.name, exc.strerror or exc)
                 break
-            if packet is None:
+            if data is None:
                 break
-            if not packet:
-                continue  # a zero-length read carries nothing and must never become a frame
-            if selector is None or len(packet) > self._mtu:
-                totals.dropped += 1
+            budget -= len(data)
+            if selector is None or len(data) <= (VNET_HDR_LEN if vnet_hdr else 0):
+                # No session, or a read that carries no packet: never a frame.
+                totals.dropped += 1 if data else 0
                 continue
-            index = selector.select(packet)
-            batch = batches.get(index)
-            if batch is None:
-                batches[index] = [packet]
+            if offload:
+                # Whole segment, header and all; the flow is hashed on the packet behind the header.
+                if len(data) > MAX_OFFLOAD_FRAME:
+                    totals.dropped += 1
+                    continue
+                index = selector.select(memoryview(data)[VNET_HDR_LEN:])
+                batch = batches.get(index)
+                if batch is None:
+                    batches[index] = [data]
+                else:
+                    batch.append(data)
+                continue
+            if not vnet_hdr:
+                packets = [data]
+            elif is_plain(data):
+                packets = [data[VNET_HDR_LEN:]]
             else:
-                batch.append(packet)
+                try:
+                    packets = plain_packets(data)  # a segment the kernel queued before offload went off
+                except OffloadError as exc:
+                    log.debug("dropped an offloaded packet from %s: %s", self.tun.name, exc)
+                    totals.dropped += 1
+                    continue
+            for packet in packets:
+                if len(packet) > mtu:
+                    totals.dropped += 1
+                    continue
+                index = selector.select(packet)
+                batch = batches.get(index)
+                if batch is None:
+                    batches[index] = [packet]
+                else:
+                    batch.append(packet)
         if not batches:
             return
+        overhead = VNET_HDR_LEN if offload else 0
         blocked: list[PacketChannel] = []
         for index, packets in batches.items():
             channel = channels[index]
-            size = sum(len(p) for p in packets)
+            size = sum(len(p) for p in packets) - overhead * len(packets)
             channel.send_packets(packets)
             counters = channel.counters
             counters.packets_out += len(packets)

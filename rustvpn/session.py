@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 
 from rustvpn import events
-from rustvpn.config_exchange import ExchangeParams, format_exchange, parse_exchange, validate_exchange
+from rustvpn.config_exchange import OPTION_OFFLOAD, ExchangeParams, format_exchange, parse_exchange, validate_exchange
 from rustvpn.errors import ConfigError, RustvpnError, describe_error
 from rustvpn.log_setup import CONTEXT
 from rustvpn.pump import PacketChannel, PacketPump
@@ -110,16 +110,17 @@ class TunnelEngine:
         CONTEXT.peer, CONTEXT.session = session.peer, secrets.token_hex(4)
         self._set_state("connected")
         log.info(
-            "session up with %s (CN %s): %d streams, mtu %d, device %s",
+            "session up with %s (CN %s): %d streams, mtu %d, device %s, options %s",
             session.peer,
             session.peer_cn or "-",
             len(session.channels),
             session.params.mtu,
             self.config.device,
+            ",".join(sorted(session.params.options)) or "none",
             extra=events.event(events.SESSION_UP),
         )
         self.session = session
-        self.pump.attach(session.channels, session.params.mtu)
+        self.pump.attach(session.channels, session.params.mtu, offload=OPTION_OFFLOAD in session.params.options)
         session.bind(self.pump)
         started = time.monotonic()
         try:

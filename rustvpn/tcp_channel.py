@@ -21,13 +21,19 @@ from rustvpn.pump import PacketChannel
 
 log = logging.getLogger("rustvpn.tcp")
 
-# Send-buffer marks per connection: above HIGH the pump stops reading the TUN device.
-WRITE_HIGH_WATER = 1 << 20
-WRITE_LOW_WATER = 1 << 18
+# Send-buffer marks per connection: above HIGH the pump stops reading the TUN device. Every byte
+# queued here or in the kernel is delay for the next packet on this connection (a ping behind a
+# bulk transfer), so both queues are kept short: the kernel keeps at most NOTSENT_LOWAT bytes not
+# yet sent, and the rest waits in asyncio's buffer, where HIGH pauses the pump.
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+NOTSENT_LOWAT = 128 * 1024
 # Dead-peer detection for idle or stuck connections: keepalive probes after 5 s idle, every 2 s,
 # 3 misses; and unacknowledged data for 15 s ends the connection.
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 2, 3
 USER_TIMEOUT_MS = 15_000
+
+TCP_NOTSENT_LOWAT = getattr(socket, "TCP_NOTSENT_LOWAT", 25)  # Linux value; Python 3.11 lacks the name
 
 PacketSink = Callable[[PacketChannel, list[bytes]], None]
 
@@ -43,6 +49,7 @@ def tune_socket(sock: Any) -> None:
         (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL),
         (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT),
         (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS),
+        (socket.IPPROTO_TCP, TCP_NOTSENT_LOWAT, NOTSENT_LOWAT),
     ]
     for level, name, value in options:
         with contextlib.suppress(OSError):

@@ -10,9 +10,10 @@ import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
-from rustvpn.config_exchange import ExchangeParams
+from rustvpn.config_exchange import OPTION_OFFLOAD, ExchangeParams
 from rustvpn.errors import PeerRejected, ProtocolError, RustvpnError, SessionLost, SystemSetupError, describe_error
 from rustvpn.framing import MAX_CONTROL_MESSAGE
+from rustvpn.offload import MAX_OFFLOAD_FRAME
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.session import Session, check_peer_exchange, exchange_text
 from rustvpn.settings import TunnelConfig
@@ -52,6 +53,12 @@ async def all_or_nothing(coros: list[Coroutine[Any, Any, FramedConnection]]) -> 
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def packet_limit(params: ExchangeParams) -> int:
+    """Largest frame of a session's data connections: an MTU-sized packet, or with offload agreed
+    a virtio header and a segment of up to 64 KB."""
+    return MAX_OFFLOAD_FRAME if OPTION_OFFLOAD in params.options else params.mtu
+
+
 class TcpSession(Session):
     def __init__(
         self,
@@ -77,7 +84,7 @@ class TcpSession(Session):
 
     def bind(self, pump: PacketPump) -> None:
         for conn in self.data:
-            conn.start_packets(self.params.mtu, pump.deliver)
+            conn.start_packets(packet_limit(self.params), pump.deliver)
 
     def _shutdown(self) -> None:
         for conn in [self.control, *self.data]:
@@ -139,7 +146,7 @@ class TcpClient:
 
             assert control.local is not None
             local_ip = control.local[0]
-            max_message = max(MAX_CONTROL_MESSAGE, cfg.mtu)
+            max_message = max(MAX_CONTROL_MESSAGE, packet_limit(theirs))
 
             async def open_data(index: int) -> FramedConnection:
                 conn = await self._open(cfg.data_port, max_message, local_ip)
@@ -352,6 +359,8 @@ class TcpServer:
             log.warning("refusing data connection from %s: all %d already up", peer, len(pending.data))
             conn.abort("too many")
             return
+        # The peer may send packets as soon as it has our answer, before the session is bound.
+        conn.decoder.max_length = max(MAX_CONTROL_MESSAGE, packet_limit(pending.params))
         conn.write_message(pending.params.token.encode("ascii", "replace"))
         pending.data.append(conn)
         if len(pending.data) == pending.params.number_of_streams:

@@ -13,24 +13,37 @@ import socket
 import struct
 
 from rustvpn.errors import SystemSetupError
+from rustvpn.offload import VNET_HDR_LEN, ZERO_HDR
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
-# Largest packet a read may return: the TUN MTU is at most 65535.
-READ_SIZE = 65535
+IFF_VNET_HDR = 0x4000
+TUNSETOFFLOAD = 0x400454D0
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+# What an offload session takes from the kernel: TCP segments of up to 64 KB over IPv4 and IPv6
+# with checksums left to complete (checksum offload is a prerequisite of TSO).
+OFFLOAD_FLAGS = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN
+# Largest read: a packet of up to 65535 bytes, after the virtio header when there is one.
+READ_SIZE = 65535 + VNET_HDR_LEN
 
 
 class TunDevice:
-    """An open TUN interface in non-blocking mode."""
+    """An open TUN interface in non-blocking mode.
 
-    def __init__(self, name: str, fd: int) -> None:
+    With ``vnet_hdr`` every read and write carries the 10-byte virtio-net header first (see
+    offload.py); offloads are switched on and off per session with :meth:`set_offload`.
+    """
+
+    def __init__(self, name: str, fd: int, vnet_hdr: bool = False) -> None:
         self.name = name
         self.fd = fd
+        self.vnet_hdr = vnet_hdr
+        self.offload = False
 
     @classmethod
-    def open(cls, name: str) -> TunDevice:
+    def open(cls, name: str, *, vnet_hdr: bool = False) -> TunDevice:
         if _interface_exists(name):
             raise SystemSetupError(f"device {name!r} already exists: pick another --device or remove it")
         try:
@@ -40,7 +53,8 @@ class TunDevice:
         except PermissionError:
             raise SystemSetupError(f"cannot open {TUN_PATH}: run as root (or with CAP_NET_ADMIN)") from None
         try:
-            request = struct.pack("16sH", name.encode(), IFF_TUN | IFF_NO_PI)
+            flags = IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if vnet_hdr else 0)
+            request = struct.pack("16sH", name.encode(), flags)
             fcntl.ioctl(fd, TUNSETIFF, request)
         except OSError as exc:
             os.close(fd)
@@ -50,7 +64,14 @@ class TunDevice:
                 raise SystemSetupError(f"device {name!r} is taken by another interface or process") from None
             raise SystemSetupError(f"cannot create device {name!r}: {exc.strerror}") from None
         os.set_blocking(fd, False)
-        return cls(name, fd)
+        return cls(name, fd, vnet_hdr)
+
+    def set_offload(self, enabled: bool) -> None:
+        """Let the kernel hand over (and take) 64 KB TCP segments, or only finished packets."""
+        if not self.vnet_hdr:
+            raise SystemSetupError(f"device {self.name!r} was opened without the virtio header")
+        fcntl.ioctl(self.fd, TUNSETOFFLOAD, OFFLOAD_FLAGS if enabled else 0)
+        self.offload = enabled
 
     def read(self) -> bytes | None:
         """One packet, or None when nothing is waiting."""
@@ -60,12 +81,24 @@ class TunDevice:
             return None
 
     def write(self, packet: bytes) -> bool:
-        """Hand one packet to the kernel; False if it was dropped (queue full or rejected)."""
+        """Hand one packet (with its virtio header if the device has them) to the kernel; False if
+        it was dropped (queue full or rejected)."""
         try:
             os.write(self.fd, packet)
             return True
         except OSError:
-            # EAGAIN (kernel queue full) or EINVAL (not an IP packet): drop it like a router would.
+            # EAGAIN (kernel queue full) or EINVAL (not an IP packet, or a header the kernel
+            # refuses): drop it like a router would.
+            return False
+
+    def write_plain(self, packet: bytes) -> bool:
+        """Hand over one finished IP packet, whatever the device's header mode."""
+        if not self.vnet_hdr:
+            return self.write(packet)
+        try:
+            os.writev(self.fd, (ZERO_HDR, packet))  # no copy to prepend the header
+            return True
+        except OSError:
             return False
 
     def close(self) -> None:

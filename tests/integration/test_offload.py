@@ -1,0 +1,211 @@
+"""TUN segmentation offload against the real kernel (needs root).
+
+1. What the kernel hands a TUN reader with offload on: a local TCP socket talks through a TUN device
+   whose far end is played here (a hand-made SYN-ACK), so the kernel sends offloaded segments;
+   offload.plain_packets must cut them into packets whose checksums and byte stream are right.
+2. Tunnels between two rustvpn peers: offload agreed (segments cross whole) and offered by one side
+   only (each side sends finished packets), each with a checksummed transfer both ways.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from rustvpn.offload import GSO_MAX_SIZE, GSO_TCPV4, GSO_TCPV6, VnetHeader, plain_packets
+from rustvpn.tun import TunDevice
+from tests.integration.netns import CLIENT_TUN4, SERVER_TUN4, NetnsPair, sh
+from tests.integration.test_tunnel import TRANSFER, client_args, server_args, start_pair, tun_ip
+from tests.unit.test_offload import ip_header_len, slow_sum, tcp_checksum_ok
+
+pytestmark = pytest.mark.root
+
+MSS = 1400
+CLONE_NEWNET = 0x40000000
+
+
+def _in_namespace(name: str) -> None:
+    """Move the calling thread into a network namespace (os.setns is Python 3.12+)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns failed")
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"rvoff-{os.getpid()}-{time.monotonic_ns() % 100000}"
+    sh("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def _answer(got: bytes, version: int, ack: int | None = None) -> bytes:
+    """The far end's answer to a packet from the kernel: to its SYN a SYN-ACK with an MSS option,
+    to data a cumulative ACK of ``ack``; a 64 KB window, no scaling."""
+    ip_len = ip_header_len(got)
+    sport, dport, seq = struct.unpack_from("!HHI", got, ip_len)
+    if ack is None:
+        tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, 5000, seq + 1, 6 << 4, 0x12, 65535, 0, 0))
+        tcp += struct.pack("!BBH", 2, 4, MSS)
+    else:
+        tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, 5001, ack, 5 << 4, 0x10, 65535, 0, 0))
+    src, dst = (got[16:20], got[12:16]) if version == 4 else (got[24:40], got[8:24])
+    if version == 4:
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, src, dst))
+        ip[10:12] = (~slow_sum(bytes(ip)) & 0xFFFF).to_bytes(2, "big")
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+    else:
+        ip = bytearray(struct.pack("!IHBB16s16s", 0x60000000, len(tcp), 6, 64, src, dst))
+        pseudo = src + dst + struct.pack("!IxxxB", len(tcp), 6)
+    tcp[16:18] = (~slow_sum(pseudo + bytes(tcp)) & 0xFFFF).to_bytes(2, "big")
+    return bytes(ip + tcp)
+
+
+def _is_tcp(packet: bytes) -> bool:
+    return (packet[9] if packet[0] >> 4 == 4 else packet[6]) == 6
+
+
+def _tcp_payload(packet: bytes) -> bytes:
+    ip_len = ip_header_len(packet)
+    return packet[ip_len + (packet[ip_len + 12] >> 4) * 4 :]
+
+
+def _read(tun: TunDevice, timeout: float = 5.0) -> bytes:
+    ready, _, _ = select.select([tun.fd], [], [], timeout)
+    assert ready, "nothing came out of the TUN device"
+    data = tun.read()
+    assert data is not None
+    return data
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_kernel_offloaded_segments_are_cut_into_valid_packets(netns: str, version: int) -> None:
+    payload = bytes(i % 253 for i in range(60000))
+    local, far = ("198.19.9.1", "198.19.9.2") if version == 4 else ("fd00:99:9::1", "fd00:99:9::2")
+    prefix = 24 if version == 4 else 64
+    received: list[bytes] = []
+    streamed: list[bytes] = []
+    kinds: set[int] = set()
+
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            probe()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def probe() -> None:
+        _in_namespace(netns)
+        tun = TunDevice.open("rvoff0", vnet_hdr=True)
+        try:
+            tun.set_offload(True)
+            for cmd in (
+                ["ip", "link", "set", "rvoff0", "mtu", "1500", "gso_max_size", str(GSO_MAX_SIZE), "up"],
+                ["ip", "addr", "add", f"{local}/{prefix}", "dev", "rvoff0"] + (["nodad"] if version == 6 else []),
+            ):
+                subprocess.run(cmd, check=True)
+            sock = socket.socket(socket.AF_INET if version == 4 else socket.AF_INET6, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect((far, 5201))
+            while True:  # skip router solicitations and the like until the SYN
+                syn = _read(tun)[10:]
+                if _is_tcp(syn):
+                    break
+            assert os.write(tun.fd, bytes(10) + _answer(syn, version))
+            isn = struct.unpack_from("!I", syn, ip_header_len(syn) + 4)[0] + 1
+            select.select([], [sock], [], 5)
+            sock.setblocking(True)
+            sock.sendall(payload)  # fits the socket buffer: sent as our ACKs open the window
+            got = b""
+            deadline = time.monotonic() + 10
+            while len(got) < len(payload) and time.monotonic() < deadline:
+                data = _read(tun)
+                kinds.add(VnetHeader.parse(data).gso_type)
+                for packet in plain_packets(data):
+                    if not _is_tcp(packet):  # router solicitations and other chatter
+                        continue
+                    received.append(packet)
+                    seq = struct.unpack_from("!I", packet, ip_header_len(packet) + 4)[0]
+                    if seq - isn == len(got):  # in order (a retransmission would repeat bytes)
+                        got += _tcp_payload(packet)
+                assert os.write(tun.fd, bytes(10) + _answer(received[-1], version, isn + len(got)))
+            streamed.append(got)
+            sock.close()
+        finally:
+            tun.close()
+
+    # setns applies to one thread: the device and socket live in a thread inside the namespace.
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive()
+    if errors:
+        raise errors[0]
+    assert (GSO_TCPV4 if version == 4 else GSO_TCPV6) in kinds, f"the kernel sent no offloaded segment: {kinds}"
+    data_packets = [p for p in received if len(p) > ip_header_len(p) + 32]
+    assert data_packets and all(len(p) <= 1500 for p in received)
+    assert all(tcp_checksum_ok(p) for p in received)
+    if version == 4:
+        assert all(slow_sum(p[:20]) == 0xFFFF for p in received)
+    assert streamed == [payload]
+
+
+def _transfer(hosts: NetnsPair, sender: str, receiver_ns: str, address: str, size: int) -> None:
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", receiver_ns, sys.executable, TRANSFER, "recv", address, "5202"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout is not None
+        assert receiver.stdout.readline().strip() == "listening"
+        sent = hosts.run(sender, sys.executable, TRANSFER, "send", address, "5202", str(size), "11", timeout=120)
+        received = receiver.stdout.readline().split()
+        assert receiver.wait(30) == 0
+    finally:
+        receiver.kill()
+    assert received == sent.stdout.split() and received[0] == str(size)
+
+
+def _session_options(log: str) -> str:
+    line = next(ln for ln in log.splitlines() if "session up" in ln)
+    return line.rsplit("options ", 1)[1].strip()
+
+
+@pytest.mark.parametrize(
+    ("server_flags", "client_flags", "expected"),
+    [((), (), "offload"), (("--no-offload",), (), "none"), ((), ("--no-offload",), "none")],
+    ids=["both-offer", "server-declines", "client-declines"],
+)
+def test_tunnel_transfer_with_and_without_agreed_offload(
+    hosts: NetnsPair, server_flags: tuple[str, ...], client_flags: tuple[str, ...], expected: str
+) -> None:
+    server, client = start_pair(hosts, "tcp", server_args("tcp", *server_flags), client_args("tcp", *client_flags))
+    client.wait_for("session up")
+    server.wait_for("session up")
+    assert _session_options(client.log()) == expected == _session_options(server.log())
+    # Segments whole or cut, the byte stream must arrive intact both ways, and pings of any size.
+    _transfer(hosts, hosts.client, hosts.server, tun_ip(SERVER_TUN4), 8 << 20)
+    _transfer(hosts, hosts.server, hosts.client, tun_ip(CLIENT_TUN4), 8 << 20)
+    ping = hosts.run(hosts.client, "ping", "-c", "3", "-i", "0.2", "-s", "4000", "-W", "2", tun_ip(SERVER_TUN4))
+    assert " 0% packet loss" in ping.stdout
+    assert "Traceback" not in server.log() + client.log()
