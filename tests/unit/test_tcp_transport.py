@@ -23,7 +23,9 @@ from typing import Any, TypeVar, cast
 import pytest
 
 from rustvpn import DEFAULT_BUILD_ID, tcp_transport
+from rustvpn.config_exchange import OPTION_OFFLOAD
 from rustvpn.errors import ExchangeMismatch, PeerRejected, RustvpnError, SystemSetupError
+from rustvpn.offload import MAX_OFFLOAD_FRAME
 from rustvpn.pki import new_authority, write_demo_set
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.session import Session
@@ -699,11 +701,18 @@ def test_failed_client_set_up_leaves_no_data_connection_behind(
 # 8. Invalid frames on an established session
 
 
-@pytest.mark.parametrize("length", [0, MTU + 1, 0xFFFF], ids=["zero", "mtu+1", "max"])
-def test_invalid_frame_length_ends_the_session(certs: dict[str, Path], length: int) -> None:
+@pytest.mark.parametrize(
+    ("offload", "length"),
+    [(False, 0), (False, MTU + 1), (False, 0xFFFF), (True, 0), (True, MAX_OFFLOAD_FRAME + 1)],
+    ids=["zero", "mtu+1", "max", "offload-zero", "offload-max+1"],
+)
+def test_invalid_frame_length_ends_the_session(certs: dict[str, Path], offload: bool, length: int) -> None:
+    # Without offload a frame holds one MTU-sized packet; with offload agreed, a virtio header and
+    # a segment of up to 64 KB.
     async def main() -> None:
-        async with serving(certs) as rig:
-            client, server = await rig.pair()
+        async with serving(certs, offload=offload) as rig:
+            client, server = await rig.pair(offload=offload)
+            assert (OPTION_OFFLOAD in client.params.options) is offload
             bind(client), bind(server)
             transport = conn(client.channels[0]).transport
             assert transport is not None
