@@ -52,7 +52,11 @@ OPTIONAL = (
     "peer_cn_check",
     "build_id",
     "log_level",
+    "offload",
+    "datagrams",
 )
+# Switches that belong to one transport (the daemon refuses them in the other's config).
+SWITCHES = {"offload": "tcp", "datagrams": "quic"}
 KNOWN = REQUIRED + OPTIONAL
 
 
@@ -268,6 +272,14 @@ def tunnel_problems(tunnels: Any, inventory_hosts: Any = None) -> list[str]:
 
         if tunnel.get("peer_cn_check") is not None and not isinstance(tunnel["peer_cn_check"], bool):
             problems.add(where, "peer_cn_check", f"{tunnel['peer_cn_check']!r} is not true or false")
+        for key, mode in SWITCHES.items():
+            value = tunnel.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, bool):
+                problems.add(where, key, f"{value!r} is not true or false")
+            elif transport != mode:
+                problems.add(where, key, f"only a setting of {mode} tunnels")
         level = tunnel.get("log_level")
         if level is not None and str(level).lower() not in LOG_LEVELS:
             problems.add(where, "log_level", f"{level!r} is not one of: {', '.join(LOG_LEVELS)}")
@@ -354,6 +366,9 @@ def host_instances(
         for key in ("build_id", "log_level"):
             if tunnel.get(key) is not None:
                 config[key] = str(tunnel[key])
+        for key in SWITCHES:
+            if isinstance(tunnel.get(key), bool):
+                config[key] = tunnel[key]
 
         # The server certificate names what the client connects to; the client's names nothing.
         san = [("IP:" if _is_ip(address) else "DNS:") + address] if role == "server" else []
