@@ -28,6 +28,13 @@ MIN_MTU, MAX_MTU = 100, 65535
 # but no legitimate text comes near this).
 MAX_EXCHANGE_TEXT = 64 * 1024
 _MAX_DIGITS = 6
+# Peer text echoed in an error (and so in a log line) is cut to this: a peer must not be able to
+# write 64 KiB log lines. Long enough for any real build id (a git commit is 40).
+_MAX_SHOWN = 80
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= _MAX_SHOWN else text[:_MAX_SHOWN] + "..."
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +91,7 @@ def parse_exchange(data: bytes) -> dict[str, str]:
         if not sep or not key:
             continue
         if key in values:
-            raise ExchangeError(f"config exchange text repeats key {key!r}")
+            raise ExchangeError(f"config exchange text repeats key {_shown(key)!r}")
         values[key] = value
     return values
 
@@ -101,7 +108,8 @@ def validate_exchange(ours: ExchangeParams, theirs: Mapping[str, str], *, need_t
     """Check the peer's values against ours; return them as params or raise ExchangeMismatch."""
     build_id = theirs.get(KEY_BUILD_ID)
     if build_id != ours.build_id:
-        raise ExchangeMismatch(KEY_BUILD_ID, ours.build_id, build_id, "missing" if build_id is None else "")
+        theirs_shown = None if build_id is None else _shown(build_id)
+        raise ExchangeMismatch(KEY_BUILD_ID, ours.build_id, theirs_shown, "missing" if build_id is None else "")
 
     streams = _parse_count(KEY_STREAMS, theirs.get(KEY_STREAMS), ours.number_of_streams)
     if not MIN_STREAMS <= streams <= MAX_STREAMS:

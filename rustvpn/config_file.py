@@ -6,11 +6,13 @@ anything on the host is touched, and every error names the file, the line and th
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.composer import ComposerError
 
 from rustvpn.errors import ConfigError
 from rustvpn.log_setup import resolve_level
@@ -47,6 +49,32 @@ SCHEMA: dict[str, str] = {
 _TRANSPORTS = ("quic", "tcp")
 _ROLES = ("server", "client")
 MAX_FILE_SIZE = 1 << 20
+# A settings file nests two levels (a mapping holding a list); PyYAML's composer recurses per
+# level, so a few hundred would end in RecursionError instead of an error naming the line.
+MAX_DEPTH = 20
+# What YAML 1.1 reads as booleans (an explicit !!bool tag can put anything else under that tag).
+_TRUE = ("true", "yes", "on", "y")
+_FALSE = ("false", "no", "off", "n")
+# Decimal whole numbers, converted here; int() alone would also take other digits ("²" fails, "٣"
+# is 3) and refuses more than 4300 of them with a ValueError.
+_DECIMAL = re.compile(r"[-+]?[0-9]+")
+_MAX_DIGITS = 18
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose composer refuses nesting deeper than MAX_DEPTH, at the line where it starts."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        if self._depth >= MAX_DEPTH:
+            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]  # untyped in types-PyYAML
+            raise ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep", mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 @dataclass(frozen=True)
@@ -78,7 +106,7 @@ def load_config_file(path: str, instance: str | None = None, *, check_files: boo
 
 def parse_config_text(text: str, path: str, instance: str, *, check_files: bool = True) -> LoadedConfig:
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_Loader)
     except yaml.reader.ReaderError as exc:
         # A control character: the reader knows only the character offset, not a mark.
         line = text.count("\n", 0, exc.position) + 1
@@ -86,7 +114,7 @@ def parse_config_text(text: str, path: str, instance: str, *, check_files: bool 
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else path
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        problem = getattr(exc, "problem", None) or (str(exc).splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"{where}: not valid YAML: {problem}") from None
     if root is None:
         raise ConfigError(f"{path}: empty file (expected a mapping of settings)")
@@ -142,22 +170,40 @@ def _value(path: str, key: str, node: yaml.Node) -> Any:
     if expected == _LIST:
         if not isinstance(node, yaml.SequenceNode) or not all(isinstance(n, yaml.ScalarNode) for n in node.value):
             raise ConfigError(f"{path}:{line}: {key}: expected a list of CIDRs, e.g. [192.0.2.0/24]")
-        return [n.value for n in node.value]
+        return [_printable(path, key, n) for n in node.value]
     if not isinstance(node, yaml.ScalarNode):
         raise ConfigError(f"{path}:{line}: {key}: expected a {expected}, not a {type(node).__name__[:-4].lower()}")
     if expected == _BOOL:
-        if node.tag != "tag:yaml.org,2002:bool":
+        if node.tag != "tag:yaml.org,2002:bool" or node.value.lower() not in _TRUE + _FALSE:
             raise ConfigError(f"{path}:{line}: {key}: expected {expected}, got {node.value!r}")
-        return node.value.lower() in ("true", "yes", "on", "y")
+        return node.value.lower() in _TRUE
     if expected == _INT:
         if node.tag != "tag:yaml.org,2002:int":
             raise ConfigError(f"{path}:{line}: {key}: expected a {expected}, got {node.value!r}")
-        return int(node.value, 10) if node.value.lstrip("+-").isdigit() else node.value
+        # Other spellings YAML tags as int (0x10, 1_000, or anything under !!int) go on as text, and
+        # the setting's own check says what is wrong with them.
+        if not _DECIMAL.fullmatch(node.value):
+            return _printable(path, key, node)
+        if len(node.value.lstrip("+-")) > _MAX_DIGITS:
+            raise ConfigError(f"{path}:{line}: {key}: {node.value[:_MAX_DIGITS]}... is out of range")
+        return int(node.value, 10)
     if node.tag not in ("tag:yaml.org,2002:str", "tag:yaml.org,2002:int"):
         # A bare `yes` or `1.5` where text belongs is almost always a mistake; quote it if meant.
         raise ConfigError(f"{path}:{line}: {key}: expected {expected}, got {node.value!r} (quote it if it is meant)")
     # Scalars keep their source text, so a build id like 0012345 is not turned into 12345.
-    return node.value
+    return _printable(path, key, node)
+
+
+def _printable(path: str, key: str, node: yaml.Node) -> str:
+    """A scalar's text, refused if it holds a control or other non-printable character.
+
+    No setting has a use for one, and a quoted "\\n" in a path or name would otherwise be printed
+    as is by later errors, breaking the one-line rule.
+    """
+    text = str(node.value)
+    if not text.isprintable():
+        raise ConfigError(f"{path}:{node.start_mark.line + 1}: {key}: {text!r} contains a non-printable character")
+    return text
 
 
 _SERVER_ONLY = ("bind_address", "control_bind_address", "data_bind_address")

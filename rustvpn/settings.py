@@ -113,6 +113,8 @@ def _readable_file(name: str, value: Any) -> str:
     path = str(value)
     if not path:
         raise ConfigError(f"{name}: no file given")
+    if not path.isprintable():
+        raise ConfigError(f"{name}: {path!r} contains a non-printable character")
     if not os.path.isfile(path):
         raise ConfigError(f"{name}: {path}: no such file")
     if not os.access(path, os.R_OK):
@@ -173,6 +175,8 @@ def build_config(
     kwargs["log_level"] = level
     peer_cn = values.get("peer_cn")
     kwargs["peer_cn"] = None if peer_cn in (None, "") else str(peer_cn)
+    if kwargs["peer_cn"] is not None and not kwargs["peer_cn"].isprintable():
+        raise ConfigError(f"{name_of('peer_cn')}: {kwargs['peer_cn']!r} contains a non-printable character")
 
     file_check = _readable_file if check_files else (lambda _name, value: str(value))
     default_cert, default_key = ("server.pem", "server.key") if role == "server" else ("client.pem", "client.key")
@@ -190,6 +194,8 @@ def build_config(
         if server is None or not str(server).strip():
             raise ConfigError(f"{name_of('server')}: required for a client (hostname or IP of the server)")
         server = str(server).strip()
+        if not server.isprintable():
+            raise ConfigError(f"{name_of('server')}: {server!r} contains a non-printable character")
         kwargs["server"] = server[1:-1] if server.startswith("[") and server.endswith("]") else server
     status_socket = values.get("status_socket")
     if status_socket is not None:
