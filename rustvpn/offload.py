@@ -27,6 +27,8 @@ GSO_MAX_SIZE = 65535 - VNET_HDR_LEN - 25
 # Largest frame of an offload session: the virtio header plus a packet of up to GSO_MAX_SIZE.
 MAX_OFFLOAD_FRAME = VNET_HDR_LEN + GSO_MAX_SIZE
 
+MIN_SEGMENT = 64
+
 _HDR = struct.Struct("<BBHHHH")  # little-endian: the x86/arm64 native order TUN uses by default
 _TCP_FIN, _TCP_PSH, _TCP_CWR = 0x01, 0x08, 0x80
 
@@ -122,8 +124,10 @@ def segment_tcp(packet: bytes | bytearray, mss: int) -> list[bytes]:
     IPv4 id and header checksum) and a full TCP checksum; FIN and PSH stay on the last segment only,
     CWR on the first only.
     """
-    if mss <= 0:
-        raise OffloadError(f"segment size {mss} is not positive")
+    if mss < MIN_SEGMENT:
+        # The kernel's smallest MSS is far above this; a tiny one would only cut a segment into
+        # thousands of packets and stall the event loop.
+        raise OffloadError(f"segment size {mss} is below {MIN_SEGMENT}")
     version = packet[0] >> 4 if packet else 0
     if version == 4:
         ip_len = (packet[0] & 0x0F) * 4

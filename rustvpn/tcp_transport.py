@@ -5,6 +5,7 @@ data connections (see PROTOCOL.md, "TCP mode").
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import ssl
 from collections.abc import Callable, Coroutine, Sequence
@@ -17,7 +18,7 @@ from rustvpn.offload import MAX_OFFLOAD_FRAME
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.session import Session, check_peer_exchange, exchange_text
 from rustvpn.settings import TunnelConfig
-from rustvpn.tcp_channel import FramedConnection
+from rustvpn.tcp_channel import FramedConnection, accept_tls, connect_tls
 from rustvpn.tls import check_peer_cn, client_context, describe_tls_error, server_context
 from rustvpn.token import new_token, tokens_match
 
@@ -28,6 +29,9 @@ HANDSHAKE_TIMEOUT = 10.0
 # TLS handshakes in progress at once, across both planes: well above the 100 data connections
 # plus control connection that one legitimate client may open at once.
 MAX_HANDSHAKES = 256
+# Of which one source address may hold this many: still room for a client's 100 data connections
+# and its control connection at once, while a flood from one address leaves the rest for others.
+MAX_HANDSHAKES_PER_SOURCE = 128
 
 ConnectionHandler = Callable[["FramedConnection"], Coroutine[Any, Any, None]]
 
@@ -103,17 +107,15 @@ class TcpClient:
         self.context = client_context(config.ca_bundle, config.cert, config.key)
 
     async def _open(self, port: int, max_message: int, local_ip: str | None = None) -> FramedConnection:
-        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
-                _, conn = await loop.create_connection(
+                conn = await connect_tls(
                     lambda: FramedConnection(max_message),
                     self.server,
                     port,
-                    ssl=self.context,
+                    self.context,
                     server_hostname=self.server,
-                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-                    local_addr=(local_ip, 0) if local_ip else None,
+                    local_ip=local_ip,
                 )
         except ssl.SSLError as exc:
             raise PeerRejected(f"TLS handshake with {self.server}:{port} failed: {describe_tls_error(exc)}") from None
@@ -198,6 +200,7 @@ class TcpServer:
         self._active: TcpSession | None = None
         self._ready: asyncio.Queue[TcpSession] = asyncio.Queue()
         self._handshakes = 0
+        self._handshakes_from: collections.Counter[str] = collections.Counter()
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -232,19 +235,17 @@ class TcpServer:
         where = _hostport(peer[0], peer[1]) if peer else "?"
         conn = FramedConnection(max_message)
         try:
-            tls = await asyncio.get_running_loop().start_tls(
-                raw, conn, self.context, server_side=True, ssl_handshake_timeout=HANDSHAKE_TIMEOUT
-            )
+            await accept_tls(raw, conn, self.context, HANDSHAKE_TIMEOUT)
         except (OSError, TimeoutError, ConnectionError) as exc:
             log.warning("TLS handshake from %s failed: %s", where, describe_tls_error(exc))
             raw.abort()
             return
         finally:
             self._handshakes -= 1
-        if tls is None:
-            raw.abort()
-            return
-        conn.connection_made(tls)
+            source = peer[0] if peer else "?"
+            self._handshakes_from[source] -= 1
+            if not self._handshakes_from[source]:
+                del self._handshakes_from[source]
         await handler(conn)
 
     async def next_session(self) -> Session:
@@ -331,9 +332,17 @@ class TcpServer:
     # -- data plane ---------------------------------------------------------------------------
     async def _on_data(self, conn: FramedConnection) -> None:
         peer = conn.describe_peer()
+        try:
+            # Who it is comes first, so that a refused certificate is named as such in any state.
+            check_peer_cn(conn.peercert, self.config.peer_cn)
+        except PeerRejected as exc:
+            log.warning("refusing data connection from %s: %s", peer, exc)
+            conn.abort("peer CN rejected")
+            return
         pending = self._pending
         if pending is None:
-            log.warning("refusing data connection from %s: no session is being set up", peer)
+            why = "a session is already active" if self.busy else "no session is being set up"
+            log.warning("refusing data connection from %s: %s", peer, why)
             conn.abort("unexpected")
             return
         if conn.peer is None or conn.peer[0] != pending.peer_ip:
@@ -341,24 +350,25 @@ class TcpServer:
             conn.abort("wrong source")
             return
         try:
-            check_peer_cn(conn.peercert, self.config.peer_cn)
             presented = await conn.read_message(HANDSHAKE_TIMEOUT)
         except (RustvpnError, TimeoutError) as exc:
             log.warning("data connection from %s refused: %s", peer, describe_error(exc))
             conn.abort("refused")
             return
         if self._pending is not pending:
-            conn.abort("session gone")
+            # Its set-up ended while we read the token: completed by the others (so this one is
+            # beyond the negotiated count), or failed.
+            done = pending.complete.done() and pending.complete.exception() is None
+            why = f"all {pending.params.number_of_streams} data connections are already up" if done else "set-up failed"
+            log.warning("refusing data connection from %s: %s", peer, why)
+            conn.abort("too many" if done else "set-up failed")
             return
         if not tokens_match(pending.my_token, presented):
             log.warning("data connection from %s presented a wrong token", peer)
             conn.abort("wrong token")
             self._fail_pending("a data connection presented a wrong token", pending)
             return
-        if len(pending.data) >= pending.params.number_of_streams:
-            log.warning("refusing data connection from %s: all %d already up", peer, len(pending.data))
-            conn.abort("too many")
-            return
+        # Fewer than number_of_streams are up here: the last one clears self._pending.
         # The peer may send packets as soon as it has our answer, before the session is bound.
         conn.decoder.max_length = max(MAX_CONTROL_MESSAGE, packet_limit(pending.params))
         conn.write_message(pending.params.token.encode("ascii", "replace"))
@@ -383,12 +393,17 @@ class _TlsAcceptor(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         server = self.server
-        if server._handshakes >= MAX_HANDSHAKES:
-            # Bounded work for connections that have not authenticated: shed the excess at once.
-            log.warning("too many TLS handshakes in progress; dropping a new connection")
+        peer = transport.get_extra_info("peername")
+        source = peer[0] if peer else "?"
+        # Bounded work for connections that have not authenticated: shed the excess at once.
+        if server._handshakes >= MAX_HANDSHAKES or server._handshakes_from[source] >= MAX_HANDSHAKES_PER_SOURCE:
+            scope = "" if server._handshakes >= MAX_HANDSHAKES else f" from {source}"
+            where = _hostport(peer[0], peer[1]) if peer else "?"
+            log.warning("too many TLS handshakes in progress%s; dropping a new connection from %s", scope, where)
             transport.abort()
             return
         server._handshakes += 1
+        server._handshakes_from[source] += 1
         transport.pause_reading()  # the ClientHello waits in the kernel until TLS takes over
         server._spawn(server._handshake(transport, self.max_message, self.handler))
 

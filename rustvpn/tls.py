@@ -52,10 +52,23 @@ def require_cn(cn: str | None, expected: str | None) -> None:
 
 
 def check_peer_cn(peercert: dict[str, Any] | None, expected: str | None) -> str | None:
-    """Return the peer's CN; raise PeerRejected if ``expected`` is set and differs."""
+    """Return the peer's CN, made safe to print; raise PeerRejected if ``expected`` is set and differs.
+
+    The comparison uses the CN as it is; the result is for logs, the systemd status line and
+    ``rustvpn status``, where a CN with a newline could forge a line (see :func:`printable`)."""
     cn = common_name(peercert)
     require_cn(cn, expected)
-    return cn
+    return printable(cn)
+
+
+def printable(text: str | None) -> str | None:
+    """``text`` with control characters (newlines, escape sequences) escaped as repr() does.
+
+    A certificate's CN is chosen by whoever asked the CA for it: printed raw, ``"x\\nSTOPPING=1"``
+    would forge a log line, or an sd_notify assignment in the status line."""
+    if text is None or text.isprintable():
+        return text
+    return repr(text)[1:-1]
 
 
 def describe_tls_error(exc: BaseException) -> str:

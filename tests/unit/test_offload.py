@@ -151,7 +151,9 @@ def test_unsupported_gso_type_is_refused() -> None:
 
 
 @pytest.mark.parametrize("version", [4, 6])
-@pytest.mark.parametrize(("size", "mss"), [(10000, 1448), (1448, 1448), (1449, 1448), (65000, 1428), (1, 536)])
+@pytest.mark.parametrize(
+    ("size", "mss"), [(10000, 1448), (1448, 1448), (1449, 1448), (65000, 1428), (1, 536), (300, 64)]
+)
 def test_segments_carry_the_payload_in_order_with_valid_checksums(version: int, size: int, mss: int) -> None:
     payload = bytes(i * 7 % 251 for i in range(size))
     big = tcp_packet(version, payload, flags=ACK | PSH | FIN | CWR, seq=0xFFFFF000)
@@ -204,9 +206,10 @@ def test_segmentation_refuses_what_it_cannot_cut(packet: bytes, match: str) -> N
         segment_tcp(packet, 1000)
 
 
-def test_segment_size_must_be_positive() -> None:
-    with pytest.raises(OffloadError, match="not positive"):
-        segment_tcp(tcp_packet(4, b"x" * 10), 0)
+@pytest.mark.parametrize("mss", [0, 1, 63])
+def test_tiny_segment_sizes_are_refused(mss: int) -> None:
+    with pytest.raises(OffloadError, match="below 64"):
+        segment_tcp(tcp_packet(4, b"x" * 10), mss)
 
 
 @given(st.binary(max_size=200), st.integers(0, 0xFF), st.integers(0, 0xFF), st.integers(0, 0xFFFF))
