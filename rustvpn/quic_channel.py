@@ -1,6 +1,10 @@
 """One QUIC data stream as a packet channel: its ``00 00`` hello, u16-framed packets both ways,
 and backpressure on what the stream has not sent yet (see PROTOCOL.md, "QUIC mode").
 
+In a session that uses DATAGRAM frames (quic_datagram.py) the stream is the way for the packets
+that do not fit one: the pump still picks a stream per packet by flow, and the stream hands the
+packets that fit to the datagram channel, so a flow's order is kept on the path the pump chose.
+
 Sans-IO like the session machine that owns it: it writes to and reads from the machine's
 QuicConnection, and relies on one aioquic internal, ``QuicConnection._streams[id].sender
 .highest_offset`` (aioquic 1.7.2), to learn how much of the stream has been sent.
@@ -9,12 +13,16 @@ QuicConnection, and relies on one aioquic internal, ``QuicConnection._streams[id
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from aioquic.quic.connection import QuicConnection
 
 from rustvpn.errors import FrameError, ProtocolError
 from rustvpn.framing import FrameDecoder, encode_frames
 from rustvpn.pump import PacketChannel
+
+if TYPE_CHECKING:
+    from rustvpn.quic_datagram import DatagramChannel
 
 __all__ = ["DATA_HELLO", "SEND_HIGH_WATER", "SEND_LOW_WATER", "PacketSink", "QuicStreamChannel"]
 
@@ -34,8 +42,11 @@ class QuicStreamChannel(PacketChannel):
 
     ``session_up`` says whether packets may be sent (the owning session is up); ``wakeup`` asks
     the owner's driver to collect what was queued. Callbacks, not the machine, so that this
-    module needs no import of quic_machine (which imports it).
+    module needs no import of quic_machine (which imports it). ``datagrams`` is the session's
+    DATAGRAM-frame channel once both peers agreed to use one.
     """
+
+    kind = "stream"
 
     def __init__(
         self,
@@ -57,11 +68,28 @@ class QuicStreamChannel(PacketChannel):
         self._backlog: list[bytes] = []
         self._session_up = session_up
         self._wakeup = wakeup
+        self.datagrams: DatagramChannel | None = None
 
     # -- sending ------------------------------------------------------------------------------
     def send_packets(self, packets: list[bytes]) -> None:
         if not self._session_up() or not packets:
             return
+        datagrams = self.datagrams
+        # Behind bytes still waiting on the stream, packets stay on it: a DATAGRAM frame would
+        # overtake them (aioquic writes DATAGRAM frames ahead of stream data).
+        if datagrams is not None and not self.unsent():
+            taken = datagrams.take(packets)
+            if taken:
+                # The pump counts every packet it hands to a channel on that channel; the ones
+                # that crossed as DATAGRAM frames are counted on the datagram channel instead.
+                self.counters.packets_out -= taken
+                self.counters.bytes_out -= sum(map(len, packets[:taken]))
+                packets = packets[taken:]
+            if datagrams.overloaded and not self.paused:
+                self.pause_writing()
+            if not packets:
+                self._wakeup()
+                return
         self._write(encode_frames(packets))
         if not self.paused and self.unsent() > SEND_HIGH_WATER:
             self.pause_writing()
@@ -82,7 +110,7 @@ class QuicStreamChannel(PacketChannel):
 
     def refresh_writable(self) -> None:
         queued = self.unsent()
-        if self.paused and queued < SEND_LOW_WATER:
+        if self.paused and queued < SEND_LOW_WATER and (self.datagrams is None or self.datagrams.drained()):
             self.resume_writing()
         elif not self.paused and queued > SEND_HIGH_WATER:
             self.pause_writing()

@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rustvpn.errors import ConfigError, PeerRejected, describe_error
+from rustvpn.quic_congestion import CONGESTION_CONTROL as TUNNEL_CONGESTION_CONTROL
 from rustvpn.settings import TunnelConfig
 from rustvpn.tls import require_cn
 
@@ -41,13 +42,16 @@ IDLE_TIMEOUT = 5.0
 MAX_DATA = 128 * 1024 * 1024
 MAX_STREAM_DATA = 32 * 1024 * 1024
 MAX_BIDI_STREAMS = 200
-# aioquic 1.7.2 offers only reno and cubic (no BBR); cubic regrows its window faster after a
-# loss on long, fast paths. On loopback both are CPU-bound and measure the same.
-CONGESTION_CONTROL = "cubic"
+# aioquic 1.7.2 offers only reno and cubic (no BBR), both loss-based: quic_congestion adds a
+# ceiling on the queue the connection builds in front of the peer (see there).
+CONGESTION_CONTROL = TUNNEL_CONGESTION_CONTROL
 CONNECTION_ID_LENGTH = 8
-# QUIC payload per UDP datagram. 1200 fits every path (aioquic has no path MTU discovery); 1452
-# would cut the packet count by a fifth on 1500-byte paths but black-holes on smaller ones.
+# QUIC payload per UDP datagram: 1200 fits every path (aioquic has no path MTU discovery). The
+# transport raises it per connection to what the route towards the peer carries (quic_udp).
 MAX_DATAGRAM_SIZE = SMALLEST_MAX_DATAGRAM_SIZE
+# The max_datagram_frame_size transport parameter, announced when we offer DATAGRAM frames
+# (TunnelConfig.datagrams): any frame size, since what fits a packet is the sender's limit.
+MAX_DATAGRAM_FRAME_SIZE = 65535
 
 
 class _AlertCertificateRequired(tls.Alert):
@@ -107,6 +111,7 @@ def quic_configuration(config: TunnelConfig, *, is_client: bool) -> QuicConfigur
         congestion_control_algorithm=CONGESTION_CONTROL,
         connection_id_length=CONNECTION_ID_LENGTH,
         max_datagram_size=MAX_DATAGRAM_SIZE,
+        max_datagram_frame_size=MAX_DATAGRAM_FRAME_SIZE if config.datagrams else None,
         server_name=config.server if is_client else None,
     )
     try:

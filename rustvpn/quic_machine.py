@@ -11,6 +11,12 @@ aioquic internals relied on (aioquic 1.7.2; each use is commented where it happe
 * ``tls.Context._peer_certificate``: the peer's leaf certificate, for the CN and usage checks.
 * ``QuicConnection._close_event`` / ``._state``: to end a session the moment a close is decided
   (not after the 3 x PTO closing period) and to tell a close by the peer from one of our own.
+
+DATAGRAM frames (quic_datagram.py) carry packets when both peers offered ``datagram=1``. A peer
+that sends them although the exchange did not agree on them (or before it did) is not following
+this protocol, but a packet too many is harmless: they are dropped, counted and logged once. (A
+side that does not offer them at all does not announce the transport parameter either, so aioquic
+closes the connection on such a frame, as RFC 9221 requires.)
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ from collections.abc import Callable
 
 from aioquic import tls
 from aioquic.quic import events
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
-from rustvpn.config_exchange import MAX_EXCHANGE_TEXT, ExchangeParams
+from rustvpn.config_exchange import MAX_EXCHANGE_TEXT, OPTION_DATAGRAM, ExchangeParams
 from rustvpn.errors import PeerRejected, ProtocolError, RustvpnError, SessionLost
 from rustvpn.quic_channel import PacketSink, QuicStreamChannel
 from rustvpn.quic_config import IDLE_TIMEOUT, check_peer_certificate
+from rustvpn.quic_datagram import DatagramChannel
 from rustvpn.session import check_peer_exchange, exchange_text
 from rustvpn.settings import TunnelConfig
 from rustvpn.token import new_token
@@ -153,6 +161,8 @@ class QuicSessionMachine:
         self.peer_cn: str | None = None
         self.params: ExchangeParams | None = None
         self.channels: list[QuicStreamChannel] = []
+        self.datagram_channel: DatagramChannel | None = None  # set when both peers offered it
+        self.unexpected_datagrams = 0  # DATAGRAM frames from a peer that did not agree to send them
         self.end_reason: str | None = None
         self.failure: RustvpnError | None = None
         self._peer_known = peer is not None
@@ -162,14 +172,17 @@ class QuicSessionMachine:
         self._deadline: float | None = None
         self._next_keepalive: float | None = None
         self._deferred_close: tuple[int, str] | None = None
+        self._now = 0.0  # the latest time a caller gave us: the datagram channel's clock
 
     # -- the QuicConnection-shaped API --------------------------------------------------------
     def connect(self, addr: NetworkAddress, now: float) -> None:
+        self._now = now
         self._learn_peer(addr)
         self._deadline = now + SETUP_STEP_TIMEOUT
         self.quic.connect(addr, now=now)
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        self._now = now
         self._learn_peer(addr)
         if self._deadline is None and self.phase is Phase.HANDSHAKE:
             self._deadline = now + SETUP_STEP_TIMEOUT
@@ -177,6 +190,7 @@ class QuicSessionMachine:
         self._process(now)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        self._now = now
         out = self.quic.datagrams_to_send(now)
         if self._deferred_close is not None:
             # What was queued before the failure went out in the batch above; now the close.
@@ -185,9 +199,10 @@ class QuicSessionMachine:
             self.quic.close(error_code=code, reason_phrase=phrase)
             out += self.quic.datagrams_to_send(now)
         if self.phase is Phase.UP:
-            # Sends and the acknowledgements just processed both change what the streams hold.
+            # What was sent and acknowledged may free a paused stream (send_packets pauses one).
             for channel in self.channels:
-                channel.refresh_writable()
+                if channel.paused:
+                    channel.refresh_writable()
         return out
 
     def get_timer(self) -> float | None:
@@ -195,6 +210,7 @@ class QuicSessionMachine:
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
+        self._now = now
         quic_at = self.quic.get_timer()
         if quic_at is not None and now >= quic_at:
             self.quic.handle_timer(now)
@@ -217,9 +233,29 @@ class QuicSessionMachine:
         self.quic.close(error_code=code, reason_phrase=_clip(reason))
         self._end(reason, SessionLost(reason))
 
+    def lower_datagram_size(self, size: int) -> bool:
+        """The path now carries at most ``size`` bytes of UDP payload (a send failed: EMSGSIZE).
+
+        aioquic has no path MTU discovery, but builds every batch of packets to its
+        ``_max_datagram_size`` (aioquic 1.7.2 internal), and resends lost stream data in new
+        frames: lowering it is enough, once queued DATAGRAM frames too big for it are dropped.
+        """
+        size = max(size, SMALLEST_MAX_DATAGRAM_SIZE)
+        if size >= self.quic._max_datagram_size:
+            return False
+        log.warning(
+            "path to %s now carries packets of at most %d bytes (was %d)", self.peer, size, self.quic._max_datagram_size
+        )
+        self.quic._max_datagram_size = size
+        if self.datagram_channel is not None:
+            self.datagram_channel.drop_oversized()
+        return True
+
     def bind(self, sink: PacketSink) -> None:
         for channel in self.channels:
             channel.bind(sink)
+        if self.datagram_channel is not None:
+            self.datagram_channel.bind(sink)
 
     # -- events -------------------------------------------------------------------------------
     def _learn_peer(self, addr: NetworkAddress) -> None:
@@ -238,7 +274,10 @@ class QuicSessionMachine:
             self._closed(close, by_peer=self.quic._state is QuicConnectionState.DRAINING)
 
     def _handle_event(self, event: events.QuicEvent, now: float) -> None:
-        if isinstance(event, events.StreamDataReceived):
+        if isinstance(event, events.DatagramFrameReceived):
+            if self.phase is not Phase.ENDED:
+                self._datagram_frame(event.data)
+        elif isinstance(event, events.StreamDataReceived):
             if self.phase is not Phase.ENDED:
                 self._stream_data(event.stream_id, event.data, event.end_stream, now)
         elif isinstance(event, events.HandshakeCompleted):
@@ -320,6 +359,19 @@ class QuicSessionMachine:
             left = self.channels[index].decoder.pending
             self._lost(f"peer finished data stream {stream_id}" + (f" inside a frame ({left} bytes)" if left else ""))
 
+    def _datagram_frame(self, data: bytes) -> None:
+        channel = self.datagram_channel
+        if channel is None:
+            self.unexpected_datagrams += 1
+            if self.unexpected_datagrams == 1:
+                log.warning("dropping DATAGRAM frames from %s: the config exchange did not agree on them", self.peer)
+            return
+        if not 0 < len(data) <= channel.mtu:
+            # The same rule as for a frame on a data stream (PROTOCOL.md, "Packet frame").
+            self._protocol_error(f"DATAGRAM frame of {len(data)} bytes (allowed 1..{channel.mtu})")
+            return
+        channel.deliver([data])
+
     def _config_data(self, data: bytes, fin: bool, now: float) -> None:
         if self.params is not None or (self.is_client and self.phase is not Phase.EXCHANGE):
             self._protocol_error("unexpected data on the config stream")
@@ -353,6 +405,8 @@ class QuicSessionMachine:
             )
             for i in range(params.number_of_streams)
         ]
+        if OPTION_DATAGRAM in params.options:
+            self._use_datagrams(params.mtu)
         if self.is_client:
             for channel in self.channels:
                 assert self.quic.get_next_available_stream_id() == channel.stream_id
@@ -363,6 +417,24 @@ class QuicSessionMachine:
             self._stream_data(stream_id, data, False, now)
             if self.phase is Phase.ENDED:
                 return
+
+    def _use_datagrams(self, mtu: int) -> None:
+        channel = DatagramChannel(self.quic, mtu, lambda: self._now)
+        room = channel.room()
+        if room == 0:
+            log.warning("%s offered DATAGRAM frames but its transport parameters allow none: streams only", self.peer)
+        elif mtu > room:
+            log.info(
+                "DATAGRAM frames carry packets of up to %d bytes to %s; larger ones (mtu %d) take the streams",
+                room,
+                self.peer,
+                mtu,
+            )
+        else:
+            log.info("DATAGRAM frames carry the packets to %s (up to %d bytes fit, mtu %d)", self.peer, room, mtu)
+        self.datagram_channel = channel
+        for stream in self.channels:
+            stream.datagrams = channel
 
     def _channel_data(self, channel: QuicStreamChannel, data: bytes, now: float) -> None:
         try:
@@ -439,4 +511,6 @@ class QuicSessionMachine:
         self._next_keepalive = self._deadline = None
         for channel in self.channels:
             channel.resume_writing()  # release a pump waiting on a channel that is gone
+        if self.datagram_channel is not None:
+            self.datagram_channel.resume_writing()
         self.listener.session_ended(self, reason)

@@ -1,23 +1,24 @@
 """QUIC mode over UDP: sockets and timers around :class:`~rustvpn.quic_machine.QuicSessionMachine`
 (see PROTOCOL.md, "QUIC mode").
 
-``QuicClient`` and ``QuicServer`` own the UDP sockets; each connection's machine is driven by a
-link that feeds it datagrams, sends its output and runs its timer on the event loop. The session
-logic lives in quic_machine and quic_channel, the TLS and QUIC settings in quic_config.
+``QuicClient`` and ``QuicServer`` own the UDP sockets (quic_udp.UdpEndpoint: batched reads, GSO
+sends); each connection's machine is driven by a link that feeds it datagrams, sends its output
+and runs its timer on the event loop. A link answers once per batch of datagrams read, not per
+datagram, so one ACK covers them all and aioquic builds its packets once. The session logic lives
+in quic_machine and quic_channel, the TLS and QUIC settings in quic_config.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import ipaddress
 import logging
 import socket
 from collections.abc import Callable
-from typing import cast
 
 from aioquic._buffer import Buffer
-from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
+from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
@@ -25,7 +26,9 @@ from rustvpn.errors import ConfigError, RustvpnError, SessionLost, SystemSetupEr
 from rustvpn.pump import PacketPump
 from rustvpn.quic_channel import QuicStreamChannel
 from rustvpn.quic_config import CONNECTION_ID_LENGTH, create_connection, quic_configuration
+from rustvpn.quic_datagram import DatagramChannel
 from rustvpn.quic_machine import MachineListener, Phase, QuicSessionMachine, describe_address
+from rustvpn.quic_udp import UdpEndpoint, connected_mtu, open_udp_socket, path_datagram_size, udp_payload_for_mtu
 from rustvpn.session import Session
 from rustvpn.settings import TunnelConfig
 
@@ -37,7 +40,8 @@ __all__ = ["QuicClient", "QuicServer", "QuicSession"]
 CONNECT_TIMEOUT = 30.0
 # Server: connections still in the TLS handshake, beyond which new ones are dropped.
 MAX_HANDSHAKES = 16
-UDP_BUFFER_SIZE = 4 * 1024 * 1024
+# A timer that fires this close to its deadline counts as on time (the loop may fire a bit early).
+TIMER_SLACK = 1e-4
 
 
 class _Link(MachineListener):
@@ -53,41 +57,63 @@ class _Link(MachineListener):
         self._loop = asyncio.get_running_loop()
         self.machine = QuicSessionMachine(quic, config, peer=peer, listener=self, admit=admit)
         self.session: QuicSession | None = None
+        self.peer_addr: NetworkAddress | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
 
-    def _send(self, data: bytes, addr: NetworkAddress) -> None:
+    def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
         raise NotImplementedError
 
     def receive(self, data: bytes, addr: NetworkAddress) -> None:
+        """Feed one datagram; the caller calls :meth:`transmit` after its batch."""
+        self.peer_addr = addr
         self.machine.receive_datagram(data, addr, self._loop.time())
-        self.transmit()
 
     def transmit(self) -> None:
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
             self._transmit_handle = None
-        for data, addr in self.machine.datagrams_to_send(self._loop.time()):
-            self._send(data, addr)
-        timer_at = self.machine.get_timer()
-        if self._timer is not None and self._timer_at != timer_at:
-            self._timer.cancel()
-            self._timer = None
-        if self._timer is None and timer_at is not None:
-            self._timer = self._loop.call_at(timer_at, self._on_timer)
-        self._timer_at = timer_at
+        datagrams = self.machine.datagrams_to_send(self._loop.time())
+        if datagrams:
+            self._send(datagrams)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        # The deadline moves with nearly every packet (ACK, loss and pacing timers). Rescheduling
+        # a loop timer each time costs more than an early wake-up: only an earlier deadline
+        # replaces the scheduled one; a later one is taken up when the scheduled one fires.
+        timer_at = self._timer_at = self.machine.get_timer()
+        if timer_at is None:
+            return
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= timer_at:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(timer_at, self._on_timer)
 
     def _on_timer(self) -> None:
+        self._timer = None
+        timer_at = self._timer_at
+        if timer_at is None:
+            return
+        now = self._loop.time()
+        if now + TIMER_SLACK < timer_at:  # the deadline moved on: sleep again
+            self._timer = self._loop.call_at(timer_at, self._on_timer)
+            return
         # Never earlier than the deadline asked for, even if the loop's clock fires a bit early.
-        now = max(self._timer_at or 0.0, self._loop.time())
-        self._timer = self._timer_at = None
-        self.machine.handle_timer(now)
+        self.machine.handle_timer(max(timer_at, now))
         self.transmit()
 
     def close(self, reason: str) -> None:
         self.machine.close(reason)
         self.wakeup()
+
+    def path_too_big(self, size: int) -> None:
+        """A send failed with EMSGSIZE: the path now carries at most ``size`` bytes per packet."""
+        if self.machine.lower_datagram_size(size):
+            self.wakeup()
 
     # -- MachineListener ----------------------------------------------------------------------
     def wakeup(self) -> None:
@@ -107,7 +133,7 @@ class _Link(MachineListener):
     def connection_terminated(self, machine: QuicSessionMachine) -> None:
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = self._timer_at = None
+        self._timer = self._timer_at = None
         self._gone()
 
     # -- for subclasses -----------------------------------------------------------------------
@@ -132,6 +158,11 @@ class QuicSession(Session):
     def channels(self) -> list[QuicStreamChannel]:
         return self.machine.channels
 
+    @property
+    def datagram_channel(self) -> DatagramChannel | None:
+        """The DATAGRAM-frame path, when both peers agreed to use it (not one of ``channels``)."""
+        return self.machine.datagram_channel
+
     def bind(self, pump: PacketPump) -> None:
         self.machine.bind(pump.deliver)
 
@@ -139,39 +170,31 @@ class QuicSession(Session):
         self._link.close("session ended")
 
 
-def _tune_udp_socket(sock: socket.socket) -> None:
-    sock.setblocking(False)
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_SIZE)
-
-
-def _sendto(transport: asyncio.DatagramTransport | None, data: bytes, addr: NetworkAddress) -> None:
-    if transport is not None and not transport.is_closing():
-        transport.sendto(data, addr)
+def _with_datagram_size(configuration: QuicConfiguration, size: int) -> QuicConfiguration:
+    return dataclasses.replace(configuration, max_datagram_size=size)
 
 
 # -- client -----------------------------------------------------------------------------------
 
 
-class _ClientLink(_Link, asyncio.DatagramProtocol):
-    def __init__(self, quic: QuicConnection, config: TunnelConfig, peer: str) -> None:
+class _ClientLink(_Link):
+    def __init__(self, quic: QuicConnection, config: TunnelConfig, peer: str, sock: socket.socket) -> None:
         _Link.__init__(self, quic, config, peer)
         self.result: asyncio.Future[QuicSession] = self._loop.create_future()
-        self._transport: asyncio.DatagramTransport | None = None
+        self.endpoint = UdpEndpoint(sock, self._datagrams_received, connected=True, on_too_big=self._too_big)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # cast, not isinstance: the selector loop's datagram transport is no DatagramTransport subclass
-        self._transport = cast(asyncio.DatagramTransport, transport)
+    def _datagrams_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        for data, addr in datagrams:
+            self.receive(data, addr)
+        self.transmit()
 
-    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
-        self.receive(data, addr)
+    def _too_big(self, _addr: NetworkAddress) -> None:
+        mtu = connected_mtu(self.endpoint.sock)
+        if mtu is not None:
+            self.path_too_big(udp_payload_for_mtu(mtu, self.endpoint.sock.family))
 
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error towards %s: %s", self.machine.peer, exc)
-
-    def _send(self, data: bytes, addr: NetworkAddress) -> None:
-        _sendto(self._transport, data, addr)
+    def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        self.endpoint.send(datagrams)
 
     def _established(self, session: QuicSession) -> None:
         if self.result.done():  # connect() gave up meanwhile
@@ -184,8 +207,7 @@ class _ClientLink(_Link, asyncio.DatagramProtocol):
             self.result.set_exception(error)
 
     def _gone(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        self.endpoint.close()
 
 
 class QuicClient:
@@ -203,18 +225,23 @@ class QuicClient:
         except OSError as exc:
             raise SessionLost(f"cannot resolve {self.server}: {describe_error(exc)}") from None
         family, _, _, _, addr = infos[0]
-        # A socket of the server address's own family, so IPv6-only servers are reachable.
-        sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            _tune_udp_socket(sock)
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+            # A socket of the server address's own family, so IPv6-only servers are reachable;
+            # connected, so the kernel tells the route's MTU and hands us only the server's packets.
+            sock = open_udp_socket(family, ("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        except OSError as exc:
+            raise SessionLost(f"cannot open a UDP socket for {self.server}: {describe_error(exc)}") from None
+        try:
+            sock.connect(addr)
         except OSError as exc:
             sock.close()
-            raise SessionLost(f"cannot open a UDP socket for {self.server}: {describe_error(exc)}") from None
+            raise SessionLost(f"cannot reach {self.server}: {describe_error(exc)}") from None
+        mtu = connected_mtu(sock)
+        size = SMALLEST_MAX_DATAGRAM_SIZE if mtu is None else udp_payload_for_mtu(mtu, family)
         peer = describe_address(addr)
-        quic = create_connection(self.configuration)
-        _, link = await loop.create_datagram_endpoint(lambda: _ClientLink(quic, self.config, peer), sock=sock)
-        log.info("connecting to %s over QUIC", peer)
+        quic = create_connection(_with_datagram_size(self.configuration, size))
+        link = _ClientLink(quic, self.config, peer, sock)
+        log.info("connecting to %s over QUIC (packets of up to %d bytes)", peer, size)
         link.machine.connect(addr, loop.time())
         link.transmit()
         try:
@@ -235,8 +262,8 @@ class _ServerLink(_Link):
         self._server = server
         super().__init__(quic, server.config, admit=lambda _machine: server._admit(self))
 
-    def _send(self, data: bytes, addr: NetworkAddress) -> None:
-        self._server._sendto(data, addr)
+    def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        self._server._send(datagrams)
 
     def connection_id_issued(self, cid: bytes) -> None:
         self._server._links[cid] = self
@@ -258,20 +285,6 @@ class _ServerLink(_Link):
             del links[cid]
 
 
-class _ServerEndpoint(asyncio.DatagramProtocol):
-    def __init__(self, server: QuicServer) -> None:
-        self.server = server
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.server._transport = cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
-        self.server._datagram_received(data, addr)
-
-    def error_received(self, exc: Exception) -> None:
-        log.debug("UDP error on the QUIC socket: %s", exc)
-
-
 class QuicServer:
     """Listens on one UDP socket and serves one session at a time.
 
@@ -282,7 +295,7 @@ class QuicServer:
     def __init__(self, config: TunnelConfig) -> None:
         self.config = config
         self.configuration = quic_configuration(config, is_client=False)
-        self._transport: asyncio.DatagramTransport | None = None
+        self._endpoint: UdpEndpoint | None = None
         self._links: dict[bytes, _ServerLink] = {}
         self._current: _ServerLink | None = None
         self._ready: asyncio.Queue[QuicSession] = asyncio.Queue()
@@ -290,27 +303,21 @@ class QuicServer:
     @property
     def address(self) -> NetworkAddress | None:
         """The bound (host, port, ...), e.g. to learn the port when listening on port 0."""
-        if self._transport is None:
-            return None
-        sockname: NetworkAddress = self._transport.get_extra_info("sockname")
-        return sockname
+        return None if self._endpoint is None else self._endpoint.address
 
     async def start(self) -> None:
         host, port = self.config.bind_address, self.config.port
         try:
-            family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+            ip = ipaddress.ip_address(host)
         except ValueError:
             raise ConfigError(f"bind_address: {host!r} is not an IPv4 or IPv6 address") from None
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         try:
-            _tune_udp_socket(sock)
-            if family == socket.AF_INET6 and ipaddress.ip_address(host).is_unspecified:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # "::" serves IPv4 too
-            sock.bind((host, port))
+            # "::" serves IPv4 too
+            sock = open_udp_socket(family, (host, port), dual_stack=ip.version == 6 and ip.is_unspecified)
         except OSError as exc:
-            sock.close()
             raise SystemSetupError(f"cannot listen for QUIC on {host}:{port}: {describe_error(exc)}") from None
-        await asyncio.get_running_loop().create_datagram_endpoint(lambda: _ServerEndpoint(self), sock=sock)
+        self._endpoint = UdpEndpoint(sock, self._datagrams_received, on_too_big=self._too_big)
         assert self.address is not None
         log.info("QUIC listening on %s (UDP)", describe_address(self.address))
 
@@ -326,8 +333,8 @@ class QuicServer:
             link.transmit()
         self._links.clear()
         self._current = None
-        if self._transport is not None:
-            self._transport.close()
+        if self._endpoint is not None:
+            self._endpoint.close()
 
     def _admit(self, link: _ServerLink) -> str | None:
         """First authenticated client wins; the machine logs the refusal with both peers' names."""
@@ -337,37 +344,60 @@ class QuicServer:
         self._current = link
         return None
 
-    def _sendto(self, data: bytes, addr: NetworkAddress) -> None:
-        _sendto(self._transport, data, addr)
+    def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        if self._endpoint is not None:
+            self._endpoint.send(datagrams)
 
-    def _datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+    def _too_big(self, addr: NetworkAddress) -> None:
+        for link in set(self._links.values()):
+            if link.peer_addr == addr:
+                link.path_too_big(path_datagram_size(addr))
+
+    def _datagrams_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        touched: dict[_ServerLink, None] = {}  # in arrival order, each once
+        links = self._links
+        for data, addr in datagrams:
+            # A short header (the common case) carries our connection id right after its first
+            # byte: look it up without parsing the header.
+            link = links.get(data[1 : 1 + CONNECTION_ID_LENGTH]) if data and not data[0] & 0x80 else None
+            if link is None:
+                link = self._long_header(data, addr)
+                if link is None:
+                    continue
+            link.receive(data, addr)
+            touched[link] = None
+        for link in touched:
+            link.transmit()
+
+    def _long_header(self, data: bytes, addr: NetworkAddress) -> _ServerLink | None:
+        """The link for a datagram that is not a short-header packet of a known connection."""
         try:
             header = pull_quic_header(Buffer(data=data), host_cid_length=CONNECTION_ID_LENGTH)
         except ValueError:
-            return
+            return None
         versions = self.configuration.supported_versions
         if (
             header.packet_type != QuicPacketType.VERSION_NEGOTIATION
             and header.version is not None
             and header.version not in versions
         ):
-            self._sendto(
-                encode_quic_version_negotiation(
-                    source_cid=header.destination_cid, destination_cid=header.source_cid, supported_versions=versions
-                ),
-                addr,
+            negotiation = encode_quic_version_negotiation(
+                source_cid=header.destination_cid, destination_cid=header.source_cid, supported_versions=versions
             )
-            return
+            self._send([(negotiation, addr)])
+            return None
         link = self._links.get(header.destination_cid)
-        if link is None:
-            if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
-                return
-            handshaking = sum(1 for lk in set(self._links.values()) if lk.machine.phase is Phase.HANDSHAKE)
-            if handshaking >= MAX_HANDSHAKES:
-                log.warning("too many QUIC handshakes in progress; dropping a new one from %s", describe_address(addr))
-                return
-            quic = create_connection(self.configuration, header.destination_cid)
-            link = _ServerLink(self, quic)
-            self._links[header.destination_cid] = link
-            self._links[quic.host_cid] = link
-        link.receive(data, addr)
+        if link is not None:
+            return link
+        if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
+            return None
+        handshaking = sum(1 for lk in set(self._links.values()) if lk.machine.phase is Phase.HANDSHAKE)
+        if handshaking >= MAX_HANDSHAKES:
+            log.warning("too many QUIC handshakes in progress; dropping a new one from %s", describe_address(addr))
+            return None
+        configuration = _with_datagram_size(self.configuration, path_datagram_size(addr))
+        quic = create_connection(configuration, header.destination_cid)
+        link = _ServerLink(self, quic)
+        self._links[header.destination_cid] = link
+        self._links[quic.host_cid] = link
+        return link

@@ -25,6 +25,7 @@ from rustvpn.settings import TunnelConfig
 CLIENT_ADDR: NetworkAddress = ("198.18.0.1", 40000)
 SERVER_ADDR: NetworkAddress = ("198.18.0.2", 1105)
 ONE_WAY_DELAY = 0.005
+DATAGRAMS = -1  # Recorder's "stream id" of packets that came as DATAGRAM frames
 
 
 def write_pki(directory: Path, *, other_ca: bool = False) -> dict[str, Path]:
@@ -77,8 +78,12 @@ class Recorder(MachineListener):
         self.terminated = True
 
     def sink(self, channel: PacketChannel, packets: list[bytes]) -> None:
-        stream_id = getattr(channel, "stream_id", -1)
+        stream_id = getattr(channel, "stream_id", DATAGRAMS)
         self.packets.extend((stream_id, p) for p in packets)
+
+    def on(self, stream_id: int) -> list[bytes]:
+        """The packets that arrived on one data stream (or DATAGRAMS), in order."""
+        return [p for s, p in self.packets if s == stream_id]
 
 
 class RawPeer:
@@ -116,6 +121,9 @@ class RawPeer:
 
     def stream_bytes(self, stream_id: int) -> bytes:
         return b"".join(e.data for e in self.stream_events() if e.stream_id == stream_id)
+
+    def datagram_frames(self) -> list[bytes]:
+        return [e.data for e in self.events if isinstance(e, events.DatagramFrameReceived)]
 
     def stream_finished(self, stream_id: int) -> bool:
         return any(e.end_stream for e in self.stream_events() if e.stream_id == stream_id)

@@ -1,0 +1,107 @@
+"""Congestion control for the tunnel's QUIC connection: loss-based like Reno, with a ceiling on the
+queue it may build in front of the peer.
+
+aioquic offers Reno and CUBIC, both loss-based: with nothing dropping packets they grow the window
+until the peer's UDP receive buffer (megabytes here) is full of tunnel packets, and every flow in
+the tunnel, a ping too, waits behind them. This controller also backs off when a queue stands in
+front of the peer: when even the smallest RTT sample of an interval exceeds the base RTT by more
+than ``QUEUE_TARGET`` (or a quarter of the base RTT on long paths). The smallest sample, as
+CoDel's minimum sojourn, lets the spikes of a busy event loop or a descheduled process pass. The
+inner flows then meet the queue at the tunnel's entry, where CoDel (quic_datagram) slows them
+down. Per acknowledged packet it only adds: this runs for every packet the tunnel sends, in
+Python. Registered with aioquic as ``rustvpn``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from aioquic.quic.congestion.base import (
+    K_MINIMUM_WINDOW,
+    QuicCongestionControl,
+    register_congestion_control,
+)
+from aioquic.quic.packet_builder import QuicSentPacket
+
+__all__ = ["CONGESTION_CONTROL", "TunnelCongestionControl"]
+
+CONGESTION_CONTROL = "rustvpn"
+LOSS_REDUCTION = 0.7  # as CUBIC
+DELAY_REDUCTION = 0.85  # gentler: a queue is a warning, a loss a fact
+# Queueing delay allowed in front of the peer, above the base RTT; at least what one busy event
+# loop adds (a batch of packets through aioquic takes a millisecond or more).
+QUEUE_TARGET = 0.004
+BASE_RTT_WINDOW = 10.0  # seconds a base RTT sample is trusted, so a longer route is learnt
+INTERVAL = 0.02  # seconds (or one base RTT, if longer) over which a queue must stand
+# Growth per RTT in congestion avoidance: a share of the window (as Scalable TCP), not one packet
+# as in Reno, so that a window cut by a delay signal comes back in a few RTTs on any path.
+GROWTH_SHARE = 1 / 64
+
+
+class TunnelCongestionControl(QuicCongestionControl):
+    def __init__(self, *, max_datagram_size: int) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self._max_datagram_size = max_datagram_size
+        self._recovery_start = -math.inf  # when the window was last reduced
+        self._stash = 0
+        self._base_rtt = math.inf
+        self._base_rtt_at = 0.0
+        self._interval_min = math.inf
+        self._interval_start = 0.0
+
+    def _minimum(self) -> int:
+        return K_MINIMUM_WINDOW * self._max_datagram_size
+
+    def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight += packet.sent_bytes
+
+    def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
+        self.bytes_in_flight -= packet.sent_bytes
+        if (packet.sent_time or 0.0) <= self._recovery_start:
+            return  # sent before the last reduction: its ACK says nothing about the new window
+        if self.ssthresh is None or self.congestion_window < self.ssthresh:
+            self.congestion_window += packet.sent_bytes  # slow start
+            return
+        self._stash += packet.sent_bytes
+        # One packet more per (a share of) a window acknowledged; never slower than Reno.
+        if self._stash >= min(self.congestion_window, self._max_datagram_size / GROWTH_SHARE):
+            self._stash = 0
+            self.congestion_window += self._max_datagram_size
+
+    def on_packets_expired(self, *, packets: Iterable[QuicSentPacket]) -> None:
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+
+    def on_packets_lost(self, *, now: float, packets: Iterable[QuicSentPacket]) -> None:
+        last_sent = 0.0
+        for packet in packets:
+            self.bytes_in_flight -= packet.sent_bytes
+            last_sent = packet.sent_time or 0.0
+        if last_sent > self._recovery_start:  # one reduction per round trip of losses
+            self._reduce(now, LOSS_REDUCTION)
+
+    def on_persistent_congestion(self) -> None:
+        self.congestion_window = self._minimum()
+        self._recovery_start = -math.inf
+
+    def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        if rtt <= self._base_rtt or now - self._base_rtt_at > BASE_RTT_WINDOW:
+            self._base_rtt, self._base_rtt_at = rtt, now
+        if rtt < self._interval_min:
+            self._interval_min = rtt
+        if now - self._interval_start < max(INTERVAL, self._base_rtt):
+            return
+        standing = self._interval_min - self._base_rtt
+        self._interval_min, self._interval_start = math.inf, now
+        if standing > max(QUEUE_TARGET, self._base_rtt / 4):
+            self._reduce(now, DELAY_REDUCTION)
+
+    def _reduce(self, now: float, factor: float) -> None:
+        self._recovery_start = now
+        self.congestion_window = max(int(self.congestion_window * factor), self._minimum())
+        self.ssthresh = self.congestion_window
+        self._stash = 0
+
+
+register_congestion_control(CONGESTION_CONTROL, TunnelCongestionControl)

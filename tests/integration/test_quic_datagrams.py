@@ -1,0 +1,124 @@
+"""QUIC mode's DATAGRAM-frame path end to end: real TUN devices in two namespaces, real UDP.
+
+With both sides offering it (the default) packets cross as DATAGRAM frames, which the log says and
+`rustvpn status` shows: the data streams carry next to nothing while the totals grow. With
+`--no-datagrams` on one side the session stays on the data streams, as with the reference peer.
+The tests in test_tunnel.py run QUIC with the defaults too, so they cross this path as well.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.netns import CLIENT_TUN4, CLIENT_TUN6, SERVER_TUN4, SERVER_TUN6, NetnsPair
+from tests.integration.test_tunnel import TRANSFER, assert_pings, client_args, server_args, start_pair, tun_ip
+
+pytestmark = pytest.mark.root
+
+SESSION_UP = r"session up with"
+DATAGRAMS_IN_USE = "DATAGRAM frames carry the packets"
+# A tunnel MTU whose packets all fit one DATAGRAM frame on the 1500-byte veth (up to 1442 do).
+MTU = "1400"
+
+
+def status(hosts: NetnsPair, netns: str, runtime: Path, name: str) -> dict[str, Any]:
+    out = hosts.run(netns, sys.executable, "-m", "rustvpn", "status", name, "--json", "--runtime-dir", str(runtime))
+    return dict(json.loads(out.stdout))
+
+
+def transfer(hosts: NetnsPair, size: int) -> None:
+    """A checksummed TCP transfer from client to server through the tunnel."""
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", hosts.server, sys.executable, TRANSFER, "recv", tun_ip(SERVER_TUN4), "5201"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout is not None
+        assert receiver.stdout.readline().strip() == "listening"
+        sent = hosts.run(
+            hosts.client, sys.executable, TRANSFER, "send", tun_ip(SERVER_TUN4), "5201", str(size), "11", timeout=180
+        ).stdout.split()
+        received = receiver.stdout.readline().split()
+        assert receiver.wait(30) == 0
+    finally:
+        receiver.kill()
+    assert sent[0] == str(size)
+    assert received == sent, f"sent {sent}, received {received}"
+
+
+def stream_packets_out(report: dict[str, Any]) -> int:
+    return sum(int(row["packets_out"]) for row in report["streams"] if row.get("kind", "stream") == "stream")
+
+
+def start(hosts: NetnsPair, tmp_path: Path, server_extra: list[str], client_extra: list[str]) -> tuple[Any, Any, Path]:
+    runtime = tmp_path / "run"
+    srv, cli = start_pair(
+        hosts,
+        "quic",
+        server_args("quic", "--status-socket", str(runtime / "srv" / "status.sock"), *server_extra, mtu=MTU),
+        client_args("quic", "--status-socket", str(runtime / "cli" / "status.sock"), *client_extra, mtu=MTU),
+    )
+    srv.wait_for(SESSION_UP)
+    cli.wait_for(SESSION_UP)
+    return srv, cli, runtime
+
+
+def test_datagrams_on_both_sides(hosts: NetnsPair, tmp_path: Path) -> None:
+    srv, cli, runtime = start(hosts, tmp_path, [], [])
+    for end in (srv, cli):
+        assert DATAGRAMS_IN_USE in end.log() and "up to 1442 bytes fit, mtu 1400" in end.log()
+    assert_pings(hosts, hosts.client, SERVER_TUN4, SERVER_TUN6)
+    assert_pings(hosts, hosts.server, CLIENT_TUN4, CLIENT_TUN6)
+    transfer(hosts, 20 * 1024 * 1024)
+
+    for netns, name in ((hosts.client, "cli"), (hosts.server, "srv")):
+        report = status(hosts, netns, runtime, name)
+        assert report["state"] == "connected" and report["mtu"] == 1400
+        totals = report["totals"]
+        assert totals["packets_out"] > 5000 or totals["packets_in"] > 5000, totals  # the transfer's share
+        # Every packet fit a DATAGRAM frame: the data streams carried (next to) none of them.
+        assert stream_packets_out(report) <= totals["packets_out"] // 100, report["streams"]
+        datagram_rows = [row for row in report["streams"] if row.get("kind") == "datagram"]
+        if datagram_rows:  # a status that lists the DATAGRAM path as a channel of its own
+            assert datagram_rows[0]["packets_out"] >= totals["packets_out"] * 99 // 100
+
+
+def test_no_datagrams_on_one_side_stays_on_streams(hosts: NetnsPair, tmp_path: Path) -> None:
+    srv, cli, runtime = start(hosts, tmp_path, [], ["--no-datagrams"])
+    for end in (srv, cli):
+        assert DATAGRAMS_IN_USE not in end.log()
+    assert_pings(hosts, hosts.client, SERVER_TUN4, SERVER_TUN6)
+    transfer(hosts, 10 * 1024 * 1024)
+    report = status(hosts, hosts.client, runtime, "cli")
+    # All of it on the data streams, as with the reference peer.
+    assert report["totals"]["packets_out"] > 1000
+    assert stream_packets_out(report) == report["totals"]["packets_out"]
+
+
+def test_packets_above_what_fits_take_the_streams(hosts: NetnsPair, tmp_path: Path) -> None:
+    """At MTU 1500 full-size packets do not fit one DATAGRAM frame: they cross on the streams."""
+    runtime = tmp_path / "run"
+    srv, cli = start_pair(
+        hosts,
+        "quic",
+        server_args("quic", "--status-socket", str(runtime / "srv" / "status.sock")),
+        client_args("quic", "--status-socket", str(runtime / "cli" / "status.sock")),
+    )
+    cli.wait_for(SESSION_UP)
+    srv.wait_for(SESSION_UP)
+    assert "larger ones (mtu 1500) take the streams" in cli.log()
+    transfer(hosts, 10 * 1024 * 1024)
+    before = status(hosts, hosts.client, runtime, "cli")
+    assert stream_packets_out(before) > 1000  # the transfer's full-size segments
+    # A ping is small: it goes as a DATAGRAM frame, the streams do not see it.
+    assert hosts.ping(hosts.client, tun_ip(SERVER_TUN4), count=5).returncode == 0
+    after = status(hosts, hosts.client, runtime, "cli")
+    assert after["totals"]["packets_out"] >= before["totals"]["packets_out"] + 5
+    assert stream_packets_out(after) == stream_packets_out(before)
