@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from rustvpn.errors import ConfigError, PeerRejected, describe_error
 from rustvpn.quic_congestion import CONGESTION_CONTROL as TUNNEL_CONGESTION_CONTROL
 from rustvpn.settings import TunnelConfig
-from rustvpn.tls import require_cn
+from rustvpn.tls import printable, require_cn
 
 __all__ = [
     "CONNECTION_ID_LENGTH",
@@ -174,4 +174,4 @@ def check_peer_certificate(
         raise PeerRejected(f"peer certificate (CN {certificate_cn(cert)!r}) is not valid for TLS {role} use")
     cn = certificate_cn(cert)
     require_cn(cn, expected_cn)
-    return cn
+    return printable(cn)  # for logs and the status line: a CN with a newline must not forge a line

@@ -230,7 +230,8 @@ class QuicSessionMachine:
 
     def close(self, reason: str = "session ended", code: int = CLOSE_NORMAL) -> None:
         """End the session (if not yet) and close the connection with ``reason`` as the phrase."""
-        self.quic.close(error_code=code, reason_phrase=_clip(reason))
+        if self._deferred_close is None:  # a failure's own close, naming it, goes out instead
+            self.quic.close(error_code=code, reason_phrase=_clip(reason))
         self._end(reason, SessionLost(reason))
 
     def lower_datagram_size(self, size: int) -> bool:
@@ -411,6 +412,10 @@ class QuicSessionMachine:
             for channel in self.channels:
                 assert self.quic.get_next_available_stream_id() == channel.stream_id
                 channel.send_hello()
+            return
+        beyond = [s for s in self._early if (s - FIRST_DATA_STREAM) // 4 >= params.number_of_streams]
+        if beyond:  # before the hellos of the others make a session that this one would end unlogged
+            self._protocol_error(f"stream {min(beyond)} beyond the {params.number_of_streams} data streams")
             return
         for stream_id in sorted(self._early):
             data = bytes(self._early.pop(stream_id))

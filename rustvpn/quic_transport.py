@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from aioquic._buffer import Buffer
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE, QuicConfiguration
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionState
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from rustvpn.errors import ConfigError, RustvpnError, SessionLost, SystemSetupError, describe_error
@@ -40,6 +40,8 @@ __all__ = ["QuicClient", "QuicServer", "QuicSession"]
 CONNECT_TIMEOUT = 30.0
 # Server: connections still in the TLS handshake, beyond which new ones are dropped.
 MAX_HANDSHAKES = 16
+# Of which one source address may hold this many, so that one address cannot lock out the rest.
+MAX_HANDSHAKES_PER_SOURCE = 4
 # A timer that fires this close to its deadline counts as on time (the loop may fire a bit early).
 TIMER_SLACK = 1e-4
 
@@ -365,6 +367,10 @@ class QuicServer:
                 if link is None:
                     continue
             link.receive(data, addr)
+            if link.machine.quic._state is QuicConnectionState.FIRSTFLIGHT:
+                # A new connection whose Initial did not decrypt: garbage. It keeps no slot, no state.
+                link._gone()
+                continue
             touched[link] = None
         for link in touched:
             link.transmit()
@@ -381,18 +387,20 @@ class QuicServer:
             and header.version is not None
             and header.version not in versions
         ):
-            negotiation = encode_quic_version_negotiation(
-                source_cid=header.destination_cid, destination_cid=header.source_cid, supported_versions=versions
-            )
-            self._send([(negotiation, addr)])
+            if len(data) >= SMALLEST_MAX_DATAGRAM_SIZE:  # RFC 9000 5.2.2: smaller ones are dropped
+                negotiation = encode_quic_version_negotiation(
+                    source_cid=header.destination_cid, destination_cid=header.source_cid, supported_versions=versions
+                )
+                self._send([(negotiation, addr)])
             return None
         link = self._links.get(header.destination_cid)
         if link is not None:
             return link
         if header.packet_type != QuicPacketType.INITIAL or len(data) < SMALLEST_MAX_DATAGRAM_SIZE:
             return None
-        handshaking = sum(1 for lk in set(self._links.values()) if lk.machine.phase is Phase.HANDSHAKE)
-        if handshaking >= MAX_HANDSHAKES:
+        handshaking = [lk for lk in set(self._links.values()) if lk.machine.phase is Phase.HANDSHAKE]
+        same_source = sum(1 for lk in handshaking if lk.peer_addr is not None and lk.peer_addr[0] == addr[0])
+        if len(handshaking) >= MAX_HANDSHAKES or same_source >= MAX_HANDSHAKES_PER_SOURCE:
             log.warning("too many QUIC handshakes in progress; dropping a new one from %s", describe_address(addr))
             return None
         configuration = _with_datagram_size(self.configuration, path_datagram_size(addr))

@@ -167,19 +167,7 @@ async def _flood_early(peer: QuicPeer) -> None:
     peer.send(FIRST_DATA, HELLO + b"\x05\x00" + b"\x45" * 70_000)
 
 
-SILENT_END = (
-    "bug (quic_machine._config_data): early streams beyond the count are looked at only after the others' "
-    "hellos made the session: it is established and ended at once, and nothing is logged"
-)
-SETUP_PARAMS = [
-    pytest.param(c, marks=pytest.mark.xfail(strict=True, reason=SILENT_END))
-    if c.startswith("stream-beyond")
-    # With 150 streams, whether 16 is looked at before 12's hello depends on how aioquic packed them.
-    else pytest.param(c, marks=pytest.mark.xfail(strict=False, reason=SILENT_END))
-    if c.startswith("150")
-    else c
-    for c in SETUP_ATTACKS
-]
+SETUP_PARAMS = list(SETUP_ATTACKS)
 
 
 @pytest.mark.parametrize("case", SETUP_PARAMS)
@@ -284,11 +272,6 @@ def test_empty_datagram_frame_ends_the_session(b: BServer) -> None:
     b.server.wait_log(rf"session with {who} lost after \d+ s: {expected}", mark)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (quic_machine.close): after the session is up, the engine's close ('session ended', "
-    "code 0) replaces the protocol-error close, so the peer is never told what it did wrong",
-)
 def test_peer_is_told_why_its_session_ended(b: BServer) -> None:
     async def run(peer: QuicPeer) -> None:
         await peer.establish()
@@ -300,11 +283,6 @@ def test_peer_is_told_why_its_session_ended(b: BServer) -> None:
     b.run(run)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (quic_config.check_peer_certificate returns the CN raw): a CN with a newline forges log lines "
-    "(and would forge sd_notify assignments in the STATUS= line); tls.check_peer_cn escapes it for TCP mode",
-)
 def test_newline_in_a_certificate_cn_cannot_forge_a_log_line(b: BServer) -> None:
     mark = b.server.mark()
 

@@ -166,11 +166,6 @@ async def answered_within(world: World, timeout: float) -> None:
         await asyncio.sleep(0.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (quic_transport._long_header): an Initial nobody can decrypt takes a handshake slot until it "
-    "idles out (5 s), and all 16 slots are shared: a trickle of garbage from one address locks every new client out",
-)
 def test_a_garbage_trickle_from_one_address_does_not_lock_out_others(quic_world: World) -> None:
     port = quic_world.ports("A")[0]
     stop = threading.Event()
@@ -199,11 +194,6 @@ def test_a_garbage_trickle_from_one_address_does_not_lock_out_others(quic_world:
     assert results.count(True) >= 3, f"legitimate handshakes answered during the trickle: {results}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: quic_transport answers datagrams shorter than 1200 bytes with a Version Negotiation "
-    "packet; RFC 9000 section 5.2.2: servers MUST drop smaller packets that specify unsupported versions",
-)
 def test_version_negotiation_only_for_full_size_datagrams(quic_world: World) -> None:
     port = quic_world.ports("A")[0]
     sock = ns_socket(quic_world.client_ns, socket.AF_INET, socket.SOCK_DGRAM)
