@@ -9,6 +9,7 @@ rustvpn.status_client. The status never carries the token or key material.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -74,13 +75,47 @@ def _endpoints(config: TunnelConfig) -> dict[str, str]:
     return {"control": _host_port(host, config.control_port), "data": _host_port(host, config.data_port)}
 
 
+def _count_entries(path: str, own: int = 0) -> int | None:
+    """Entries of a /proc directory, less ``own`` that the listing itself adds; None without /proc."""
+    try:
+        return len(os.listdir(path)) - own
+    except OSError:
+        return None
+
+
+def _rss_bytes() -> int | None:
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def process_figures() -> dict[str, int | None]:
+    """What this process holds, for operators and soak tests to spot a leak: asyncio tasks, OS threads,
+    open file descriptors and resident memory. A figure that cannot be read is None."""
+    try:
+        tasks: int | None = len(asyncio.all_tasks())
+    except RuntimeError:  # no running event loop: a snapshot taken outside the daemon
+        tasks = None
+    return {
+        "asyncio_tasks": tasks,
+        "threads": _count_entries("/proc/self/task"),
+        # Listing /proc/self/fd opens one descriptor of its own, which the listing shows too.
+        "open_fds": _count_entries("/proc/self/fd", own=1),
+        "rss_bytes": _rss_bytes(),
+    }
+
+
 def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: Session | None) -> dict[str, Any]:
     """The JSON-able live state of one tunnel. Built field by field so no secret can ride along."""
     now = time.monotonic()  # the clock TunnelState's timestamps come from
     peer: dict[str, Any] | None = None
     streams: list[dict[str, Any]] = []
     mtu, stream_count = config.mtu, config.stream_count
+    options: list[str] = []
     if session is not None:
+        options = sorted(session.params.options)  # what both sides offered: what this session uses
         # The negotiated values; validation makes them equal to ours, but report what is in use.
         mtu, stream_count = session.params.mtu, session.params.number_of_streams
         peer = {"address": session.peer, "cn": session.peer_cn, "build_id": session.params.build_id}
@@ -101,6 +136,7 @@ def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: S
         "device": config.device,
         "mtu": mtu,
         "stream_count": stream_count,
+        "options": options,
         "addresses": [str(i) for i in config.interfaces()],
         "routes": [str(r) for r in config.all_routes()],
         "peer": peer,
@@ -111,4 +147,5 @@ def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: S
         "last_error": state.last_error,
         "totals": state.totals.as_dict(),
         "streams": streams,
+        "process": process_figures(),
     }

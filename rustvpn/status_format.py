@@ -65,6 +65,19 @@ def _endpoints(value: Any) -> str:
     return ", ".join(f"{kind} {where}" for kind, where in value.items())
 
 
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
+def _process(figures: dict[str, Any]) -> str:
+    rss = figures.get("rss_bytes")
+    memory = human_bytes(rss) if isinstance(rss, int) and not isinstance(rss, bool) else "-"
+    return (
+        f"{_count(figures.get('asyncio_tasks'))} tasks, {_count(figures.get('threads'))} threads, "
+        f"{_count(figures.get('open_fds'))} fds, {memory} RSS"
+    )
+
+
 def _transfer(counters: Any) -> list[tuple[str, str]]:
     c = counters if isinstance(counters, dict) else {}
     return [
@@ -115,9 +128,15 @@ def format_status(status: dict[str, Any]) -> str:
             "device",
             f"{status.get('device', '?')}, mtu {_int(status.get('mtu'))}, {_int(status.get('stream_count'))} streams",
         ),
+        ("options", _list(status.get("options"))),
         ("addresses", _list(status.get("addresses"))),
         ("routes", _list(status.get("routes"))),
         ("uptime", f"{_duration(status.get('uptime_s'))} (pid {status.get('pid', '?')})"),
+    ]
+    process = status.get("process")
+    if isinstance(process, dict):  # a daemon of an older release does not send it
+        fields.append(("process", _process(process)))
+    fields += [
         ("session age", _duration(status.get("session_age_s"))),
         ("sessions", f"{_int(status.get('sessions'))}, {_int(status.get('reconnects'))} reconnects"),
     ]

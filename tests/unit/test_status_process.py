@@ -1,0 +1,134 @@
+"""The status snapshot's process figures (asyncio tasks, threads, open fds, RSS), measured on this very
+process: each figure must move when the test changes what the process holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from rustvpn.stats import TunnelState
+from rustvpn.status import process_figures, snapshot
+from rustvpn.status_client import query
+from rustvpn.status_format import format_status
+from rustvpn.status_server import StatusServer
+from tests.unit.test_status import office_status, run, server_config
+
+pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs Linux /proc")
+
+
+def _fds_by_fstat() -> int:
+    """Open descriptors counted another way: probe every number below the soft limit."""
+    count = 0
+    for fd in range(min(os.sysconf("SC_OPEN_MAX"), 4096)):
+        try:
+            os.fstat(fd)
+        except OSError:
+            continue
+        count += 1
+    return count
+
+
+def test_open_fds_counts_exactly() -> None:
+    assert process_figures()["open_fds"] == _fds_by_fstat()
+    before = process_figures()["open_fds"]
+    pipes = [os.pipe() for _ in range(5)]
+    try:
+        assert process_figures()["open_fds"] == before + 10  # type: ignore[operator]
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    assert process_figures()["open_fds"] == before
+
+
+def test_threads_follow_started_threads() -> None:
+    before = process_figures()["threads"]
+    assert isinstance(before, int) and before >= 1
+    release = threading.Event()
+    workers = [threading.Thread(target=release.wait) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    try:
+        assert process_figures()["threads"] == before + 3
+    finally:
+        release.set()
+        for worker in workers:
+            worker.join()
+    assert process_figures()["threads"] == before
+
+
+def test_rss_follows_touched_memory() -> None:
+    before = process_figures()["rss_bytes"]
+    assert isinstance(before, int) and before > 1 << 20
+    block = bytearray(64 << 20)  # zeroed pages: calloc'd memory only counts once touched
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    grown = process_figures()["rss_bytes"]
+    assert isinstance(grown, int) and grown - before >= 60 << 20
+    del block
+
+
+def test_asyncio_tasks_only_inside_a_loop() -> None:
+    assert process_figures()["asyncio_tasks"] is None
+
+    async def main() -> tuple[int | None, int | None]:
+        idle = asyncio.Event()
+        base = process_figures()["asyncio_tasks"]
+        extra = [asyncio.ensure_future(idle.wait()) for _ in range(4)]
+        await asyncio.sleep(0)
+        more = process_figures()["asyncio_tasks"]
+        idle.set()
+        await asyncio.gather(*extra)
+        return base, more
+
+    base, more = run(main())
+    assert base is not None and base >= 1
+    assert more == base + 4
+
+
+def test_snapshot_carries_figures_and_status_prints_them() -> None:
+    snap = office_status()
+    assert set(snap["process"]) == {"asyncio_tasks", "threads", "open_fds", "rss_bytes"}
+    assert snap["process"]["asyncio_tasks"] is None  # taken outside a loop here
+    text = format_status(snap)
+    line = next(line for line in text.splitlines() if "process:" in line)
+    assert line.split(": ", 1)[1].startswith("- tasks, ")
+    assert " fds, " in line and line.endswith(" RSS")
+    figures = {"asyncio_tasks": 7, "threads": 2, "open_fds": 1234, "rss_bytes": 55 * 1024 * 1024}
+    text = format_status({**snap, "process": figures})
+    assert "process: 7 tasks, 2 threads, 1,234 fds, 55.00 MiB RSS" in text
+    # The labels stay aligned on their colons with the new line.
+    lines = text.splitlines()
+    assert len({line.index(":") for line in lines[1:] if ": " in line}) == 1
+    # A daemon of an older release sends no figures: no line, no error.
+    old = {k: v for k, v in snap.items() if k != "process"}
+    assert "process:" not in format_status(old)
+    assert "process: - tasks" in format_status({**snap, "process": {"threads": "x"}})
+
+
+def test_figures_come_from_the_daemon_over_the_socket(tmp_path: Path) -> None:
+    path = tmp_path / "office" / "status.sock"
+    config = server_config()
+
+    async def main() -> dict[str, int | None]:
+        server = StatusServer(str(path), lambda: snapshot("office", config, TunnelState(state="listening"), None))
+        await server.start()
+        try:
+            held = [asyncio.ensure_future(asyncio.sleep(30)) for _ in range(3)]
+            got = (await query(str(path)))["process"]
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
+            return dict(got)
+        finally:
+            await server.close()
+
+    figures = run(main())
+    # This test's task, the three sleepers and the server's handler for our request, at least.
+    assert isinstance(figures["asyncio_tasks"], int) and figures["asyncio_tasks"] >= 5
+    assert isinstance(figures["open_fds"], int) and figures["open_fds"] >= 4
+    assert isinstance(figures["rss_bytes"], int) and figures["rss_bytes"] > 1 << 20
