@@ -67,10 +67,11 @@ def test_stalled_handshakes_and_exchanges_are_cut(quic_world: World) -> None:
     assert stalled.terminated() is not None
     b.wait_log(rf"QUIC session set-up with {re.escape(stalled.who)} failed: session set-up timed out "
                r"waiting for the config exchange", b_mark)  # fmt: skip
+    match = a.wait_log(rf"QUIC session set-up with {re.escape(silent.who)} failed: [^\n]*", a_mark)[0]
     text = a.since(a_mark)
-    for who in (silent.who, junk):
-        match = a.wait_log(rf"QUIC session set-up with {re.escape(who)} failed: [^\n]*", a_mark)[0]
-        text = a.since(a_mark)
-        after = logged_at(text, match) - started
-        assert IDLE_TIMEOUT - 1 <= after <= STEP_TIMEOUT + SLACK, f"{who}: dropped after {after:.1f} s: {match[0]}"
+    after = logged_at(text, match) - started
+    assert IDLE_TIMEOUT - 1 <= after <= STEP_TIMEOUT + SLACK, f"{silent.who}: dropped after {after:.1f} s: {match[0]}"
+    # An Initial nobody can decrypt is dropped on arrival and keeps no state, so it never has a
+    # set-up to fail (a line per garbage datagram would let anyone flood the log).
+    assert junk not in text, f"garbage from {junk} was kept as a connection:\n{text}"
     check_b_serves(quic_world)
