@@ -24,7 +24,7 @@ from rustvpn.pump import PacketChannel
 if TYPE_CHECKING:
     from rustvpn.quic_datagram import DatagramChannel
 
-__all__ = ["DATA_HELLO", "SEND_HIGH_WATER", "SEND_LOW_WATER", "PacketSink", "QuicStreamChannel"]
+__all__ = ["DATA_HELLO", "SEND_HIGH_WATER", "SEND_LOW_WATER", "BackloggedChannel", "PacketSink", "QuicStreamChannel"]
 
 DATA_HELLO = b"\x00\x00"
 # Backpressure per data stream, on bytes written but never yet sent (congestion or flow control
@@ -37,7 +37,31 @@ MAX_BACKLOG_PACKETS = 4096
 PacketSink = Callable[[PacketChannel, list[bytes]], None]
 
 
-class QuicStreamChannel(PacketChannel):
+class BackloggedChannel(PacketChannel):
+    """A channel whose packets from the peer may arrive before the pump is bound: they wait here
+    (up to MAX_BACKLOG_PACKETS, the rest counted as dropped) and are handed over on bind()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sink: PacketSink | None = None
+        self._backlog: list[bytes] = []
+
+    def deliver(self, packets: list[bytes]) -> None:
+        if self._sink is not None:
+            self._sink(self, packets)
+            return
+        room = MAX_BACKLOG_PACKETS - len(self._backlog)
+        self._backlog.extend(packets[:room])
+        self.counters.dropped += max(0, len(packets) - room)
+
+    def bind(self, sink: PacketSink) -> None:
+        self._sink = sink
+        backlog, self._backlog = self._backlog, []
+        if backlog:
+            sink(self, backlog)
+
+
+class QuicStreamChannel(BackloggedChannel):
     """One data stream: its ``00 00`` hello, then u16-framed packets both ways.
 
     ``session_up`` says whether packets may be sent (the owning session is up); ``wakeup`` asks
@@ -64,8 +88,6 @@ class QuicStreamChannel(PacketChannel):
         self.hello_received = False
         self._hello = b""
         self._written = 0  # every byte we queued on the stream, hello included
-        self._sink: PacketSink | None = None
-        self._backlog: list[bytes] = []
         self._session_up = session_up
         self._wakeup = wakeup
         self.datagrams: DatagramChannel | None = None
@@ -135,19 +157,5 @@ class QuicStreamChannel(PacketChannel):
             except FrameError as exc:
                 raise FrameError(f"data stream {self.stream_id}: {exc}") from None
             if packets:
-                self._deliver(packets)
+                self.deliver(packets)
         return completed
-
-    def _deliver(self, packets: list[bytes]) -> None:
-        if self._sink is not None:
-            self._sink(self, packets)
-            return
-        room = MAX_BACKLOG_PACKETS - len(self._backlog)
-        self._backlog.extend(packets[:room])
-        self.counters.dropped += max(0, len(packets) - room)
-
-    def bind(self, sink: PacketSink) -> None:
-        self._sink = sink
-        backlog, self._backlog = self._backlog, []
-        if backlog:
-            sink(self, backlog)

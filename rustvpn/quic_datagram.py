@@ -27,8 +27,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE
 
 from rustvpn.codel import CoDel
-from rustvpn.pump import PacketChannel
-from rustvpn.quic_channel import MAX_BACKLOG_PACKETS, PacketSink
+from rustvpn.quic_channel import BackloggedChannel
 
 __all__ = ["MAX_QUEUED_DATAGRAMS", "OVERLOAD_QUEUED", "DatagramChannel", "datagram_room", "jumps_the_queue"]
 
@@ -80,7 +79,7 @@ def datagram_room(max_datagram_size: int, peer_cid_length: int) -> int:
     return max_datagram_size - header - AEAD_TAG_SIZE - DATAGRAM_FRAME_OVERHEAD
 
 
-class DatagramChannel(PacketChannel):
+class DatagramChannel(BackloggedChannel):
     """The session's DATAGRAM frames, both ways, as one packet channel with its own counters.
 
     Outgoing packets come from the stream channels (:meth:`take`): each hands over the packets the
@@ -112,8 +111,6 @@ class DatagramChannel(PacketChannel):
         self._queued_total = 0  # frames ever queued
         self._stamps: collections.deque[tuple[int, float]] = collections.deque()  # (total after a batch, time)
         self._ahead = (0, 0)  # (frames gone, n): the first n frames queued jumped the queue, when that many were gone
-        self._sink: PacketSink | None = None
-        self._backlog: list[bytes] = []
 
     # -- sending ------------------------------------------------------------------------------
     def room(self) -> int:
@@ -218,18 +215,3 @@ class DatagramChannel(PacketChannel):
         # not fit has no stream here and is dropped.
         taken = self.take(packets)
         self.counters.dropped += len(packets) - taken
-
-    # -- receiving ----------------------------------------------------------------------------
-    def deliver(self, packets: list[bytes]) -> None:
-        if self._sink is not None:
-            self._sink(self, packets)
-            return
-        room = MAX_BACKLOG_PACKETS - len(self._backlog)
-        self._backlog.extend(packets[:room])
-        self.counters.dropped += max(0, len(packets) - room)
-
-    def bind(self, sink: PacketSink) -> None:
-        self._sink = sink
-        backlog, self._backlog = self._backlog, []
-        if backlog:
-            sink(self, backlog)
