@@ -16,7 +16,6 @@ import select
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ import pytest
 from rustvpn.offload import GSO_MAX_SIZE, GSO_TCPV4, GSO_TCPV6, VnetHeader, plain_packets
 from rustvpn.tun import TunDevice
 from tests.integration.netns import CLIENT_TUN4, SERVER_TUN4, NetnsPair, sh
-from tests.integration.test_tunnel import TRANSFER, client_args, server_args, start_pair, tun_ip
+from tests.integration.test_tunnel import checksummed_transfer, client_args, server_args, start_pair, tun_ip
 from tests.unit.test_offload import ip_header_len, slow_sum, tcp_checksum_ok
 
 pytestmark = pytest.mark.root
@@ -169,23 +168,6 @@ def test_kernel_offloaded_segments_are_cut_into_valid_packets(netns: str, versio
     assert streamed == [payload]
 
 
-def _transfer(hosts: NetnsPair, sender: str, receiver_ns: str, address: str, size: int) -> None:
-    receiver = subprocess.Popen(
-        ["ip", "netns", "exec", receiver_ns, sys.executable, TRANSFER, "recv", address, "5202"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert receiver.stdout is not None
-        assert receiver.stdout.readline().strip() == "listening"
-        sent = hosts.run(sender, sys.executable, TRANSFER, "send", address, "5202", str(size), "11", timeout=120)
-        received = receiver.stdout.readline().split()
-        assert receiver.wait(30) == 0
-    finally:
-        receiver.kill()
-    assert received == sent.stdout.split() and received[0] == str(size)
-
-
 def _session_options(log: str) -> str:
     line = next(ln for ln in log.splitlines() if "session up" in ln)
     return line.rsplit("options ", 1)[1].strip()
@@ -204,8 +186,8 @@ def test_tunnel_transfer_with_and_without_agreed_offload(
     server.wait_for("session up")
     assert _session_options(client.log()) == expected == _session_options(server.log())
     # Segments whole or cut, the byte stream must arrive intact both ways, and pings of any size.
-    _transfer(hosts, hosts.client, hosts.server, tun_ip(SERVER_TUN4), 8 << 20)
-    _transfer(hosts, hosts.server, hosts.client, tun_ip(CLIENT_TUN4), 8 << 20)
+    checksummed_transfer(hosts, hosts.client, hosts.server, tun_ip(SERVER_TUN4), 8 << 20, port="5202", seed="11")
+    checksummed_transfer(hosts, hosts.server, hosts.client, tun_ip(CLIENT_TUN4), 8 << 20, port="5202", seed="11")
     ping = hosts.run(hosts.client, "ping", "-c", "3", "-i", "0.2", "-s", "4000", "-W", "2", tun_ip(SERVER_TUN4))
     assert " 0% packet loss" in ping.stdout
     assert "Traceback" not in server.log() + client.log()

@@ -9,7 +9,6 @@ The tests in test_tunnel.py run QUIC with the defaults too, so they cross this p
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,14 @@ from typing import Any
 import pytest
 
 from tests.integration.netns import CLIENT_TUN4, CLIENT_TUN6, SERVER_TUN4, SERVER_TUN6, NetnsPair
-from tests.integration.test_tunnel import TRANSFER, assert_pings, client_args, server_args, start_pair, tun_ip
+from tests.integration.test_tunnel import (
+    assert_pings,
+    checksummed_transfer,
+    client_args,
+    server_args,
+    start_pair,
+    tun_ip,
+)
 
 pytestmark = pytest.mark.root
 
@@ -34,23 +40,7 @@ def status(hosts: NetnsPair, netns: str, runtime: Path, name: str) -> dict[str, 
 
 def transfer(hosts: NetnsPair, size: int) -> None:
     """A checksummed TCP transfer from client to server through the tunnel."""
-    receiver = subprocess.Popen(
-        ["ip", "netns", "exec", hosts.server, sys.executable, TRANSFER, "recv", tun_ip(SERVER_TUN4), "5201"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert receiver.stdout is not None
-        assert receiver.stdout.readline().strip() == "listening"
-        sent = hosts.run(
-            hosts.client, sys.executable, TRANSFER, "send", tun_ip(SERVER_TUN4), "5201", str(size), "11", timeout=180
-        ).stdout.split()
-        received = receiver.stdout.readline().split()
-        assert receiver.wait(30) == 0
-    finally:
-        receiver.kill()
-    assert sent[0] == str(size)
-    assert received == sent, f"sent {sent}, received {received}"
+    checksummed_transfer(hosts, hosts.client, hosts.server, tun_ip(SERVER_TUN4), size, seed="11")
 
 
 def stream_packets_out(report: dict[str, Any]) -> int:

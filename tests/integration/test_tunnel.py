@@ -128,27 +128,31 @@ def test_ping_ipv4_ipv6_and_routes(hosts: NetnsPair, mode: str) -> None:
     srv.wait_for("waiting for a peer", count=2)
 
 
-def test_transfer_20mb_checksum(hosts: NetnsPair, mode: str) -> None:
-    _srv, cli = start_pair(hosts, mode, server_args(mode), client_args(mode))
-    cli.wait_for(SESSION_UP)
+def checksummed_transfer(
+    hosts: NetnsPair, sender: str, receiver_ns: str, address: str, size: int, *, port: str = "5201", seed: str = "7"
+) -> None:
+    """A TCP transfer of ``size`` random bytes through the tunnel, SHA-256 compared at both ends."""
     receiver = subprocess.Popen(
-        ["ip", "netns", "exec", hosts.server, sys.executable, TRANSFER, "recv", tun_ip(SERVER_TUN4), "5201"],
+        ["ip", "netns", "exec", receiver_ns, sys.executable, TRANSFER, "recv", address, port],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert receiver.stdout is not None
         assert receiver.stdout.readline().strip() == "listening"
-        size = 20 * 1024 * 1024
-        sent = hosts.run(
-            hosts.client, sys.executable, TRANSFER, "send", tun_ip(SERVER_TUN4), "5201", str(size), "7", timeout=180
-        ).stdout.split()
+        sent = hosts.run(sender, sys.executable, TRANSFER, "send", address, port, str(size), seed, timeout=180)
         received = receiver.stdout.readline().split()
         assert receiver.wait(30) == 0
     finally:
         receiver.kill()
-    assert sent[0] == str(size)
-    assert received == sent, f"sent {sent}, received {received}"
+    assert sent.stdout.split()[0] == str(size)
+    assert received == sent.stdout.split(), f"sent {sent.stdout.split()}, received {received}"
+
+
+def test_transfer_20mb_checksum(hosts: NetnsPair, mode: str) -> None:
+    _srv, cli = start_pair(hosts, mode, server_args(mode), client_args(mode))
+    cli.wait_for(SESSION_UP)
+    checksummed_transfer(hosts, hosts.client, hosts.server, tun_ip(SERVER_TUN4), 20 * 1024 * 1024)
 
 
 def test_ipv6_underlay(hosts: NetnsPair, mode: str) -> None:
