@@ -109,8 +109,7 @@ class QuicStreamChannel(BackloggedChannel):
                 packets = packets[taken:]
             if datagrams.overloaded and not self.paused:
                 self.pause_writing()
-            if not packets:
-                self._wakeup()
+            if not packets:  # all went as DATAGRAM frames, which the datagram channel sends
                 return
         self._write(encode_frames(packets))
         if not self.paused and self.unsent() > SEND_HIGH_WATER:

@@ -99,6 +99,7 @@ class DatagramChannel(BackloggedChannel):
         codel: CoDel | None = None,
         overload: int = OVERLOAD_QUEUED,
         max_queued: int = MAX_QUEUED_DATAGRAMS,
+        queued: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__()
         self.quic = quic
@@ -107,6 +108,7 @@ class DatagramChannel(BackloggedChannel):
         self.overload = overload
         self.max_queued = max_queued
         self._clock = clock
+        self._queued = queued  # tells the owner's driver to send what take() queued
         self.overloaded = False  # the queue went over its bound: the stream channels pause the pump
         self._queued_total = 0  # frames ever queued
         self._stamps: collections.deque[tuple[int, float]] = collections.deque()  # (total after a batch, time)
@@ -172,6 +174,8 @@ class DatagramChannel(BackloggedChannel):
             self._stamps.append((self._queued_total, now))
         if len(pending) >= self.overload:
             self.overloaded = True
+        if queued:
+            self._queued()
         return taken
 
     def _queue_ahead(self, packet: bytes) -> None:

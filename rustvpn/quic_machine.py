@@ -38,6 +38,7 @@ from rustvpn.errors import PeerRejected, ProtocolError, RustvpnError, SessionLos
 from rustvpn.quic_channel import PacketSink, QuicStreamChannel
 from rustvpn.quic_config import IDLE_TIMEOUT, check_peer_certificate
 from rustvpn.quic_datagram import DatagramChannel
+from rustvpn.quic_fastpath import DatagramFastPath
 from rustvpn.session import check_peer_exchange, exchange_text
 from rustvpn.settings import TunnelConfig
 from rustvpn.token import new_token
@@ -128,6 +129,11 @@ class MachineListener:
     def wakeup(self) -> None:
         """Something was queued outside receive/timer handling: call datagrams_to_send soon."""
 
+    def datagrams_queued(self) -> None:
+        """Tunnel packets were queued as DATAGRAM frames: send them now (``flush_datagrams``)
+        or soon (``datagrams_to_send`` also sends them)."""
+        self.wakeup()
+
 
 class QuicSessionMachine:
     """One QUIC connection and the tunnel session on it, without I/O.
@@ -162,6 +168,7 @@ class QuicSessionMachine:
         self.params: ExchangeParams | None = None
         self.channels: list[QuicStreamChannel] = []
         self.datagram_channel: DatagramChannel | None = None  # set when both peers offered it
+        self.fast_path: DatagramFastPath | None = None  # the short cut for its packets (quic_fastpath)
         self.unexpected_datagrams = 0  # DATAGRAM frames from a peer that did not agree to send them
         self.end_reason: str | None = None
         self.failure: RustvpnError | None = None
@@ -173,6 +180,11 @@ class QuicSessionMachine:
         self._next_keepalive: float | None = None
         self._deferred_close: tuple[int, str] | None = None
         self._now = 0.0  # the latest time a caller gave us: the datagram channel's clock
+        # Whether aioquic may have something of its own to send. With the DATAGRAM short cut
+        # (quic_fastpath) most packets need no call into aioquic's datagrams_to_send, which costs
+        # about 20 us even when it has nothing to send; everything that can give it something to
+        # send sets this: its receive and timer handling, stream writes, closes, ACKs received.
+        self._aioquic_due = True
 
     # -- the QuicConnection-shaped API --------------------------------------------------------
     def connect(self, addr: NetworkAddress, now: float) -> None:
@@ -183,6 +195,18 @@ class QuicSessionMachine:
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         self._now = now
+        fast = self.fast_path
+        if fast is not None and self.phase is not Phase.ENDED:
+            payloads = fast.receive(data, addr, now)
+            if payloads is not None:
+                if fast.acked and not self._aioquic_due:
+                    # An ACK may open the window for stream data, or have it declared lost and
+                    # queued again: aioquic has something to send only if a stream does.
+                    self._aioquic_due = any(not s.sender.buffer_is_empty for s in self.quic._streams.values())
+                if payloads:
+                    self._datagram_frames(payloads)
+                return
+        self._aioquic_due = True
         self._learn_peer(addr)
         if self._deadline is None and self.phase is Phase.HANDSHAKE:
             self._deadline = now + SETUP_STEP_TIMEOUT
@@ -191,7 +215,16 @@ class QuicSessionMachine:
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._now = now
-        out = self.quic.datagrams_to_send(now)
+        out: list[tuple[bytes, NetworkAddress]] = []
+        fast = self.fast_path
+        if fast is not None and self.quic._datagrams_pending:
+            sent = fast.flush(now)
+            if sent:
+                addr = self.quic._network_paths[0].addr
+                out = [(datagram, addr) for datagram in sent]
+        if self._aioquic_due or fast is None or (self.quic._datagrams_pending and not fast.can_send()):
+            self._aioquic_due = False
+            out += self.quic.datagrams_to_send(now)
         if self._deferred_close is not None:
             # What was queued before the failure went out in the batch above; now the close.
             code, phrase = self._deferred_close
@@ -205,12 +238,28 @@ class QuicSessionMachine:
                     channel.refresh_writable()
         return out
 
+    def flush_datagrams(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """Send the DATAGRAM frames just queued, through the short cut, without waiting for
+        ``datagrams_to_send``; what cannot go now is left to it (the driver's wakeup follows)."""
+        self._now = now
+        fast = self.fast_path
+        if fast is None or not fast.can_send():
+            self._wake()
+            return []
+        addr = self.quic._network_paths[0].addr
+        return [(datagram, addr) for datagram in fast.flush(now)]
+
+    def _wake(self) -> None:
+        self._aioquic_due = True
+        self.listener.wakeup()
+
     def get_timer(self) -> float | None:
         times = [t for t in (self.quic.get_timer(), self._deadline, self._next_keepalive) if t is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         self._now = now
+        self._aioquic_due = True
         quic_at = self.quic.get_timer()
         if quic_at is not None and now >= quic_at:
             self.quic.handle_timer(now)
@@ -230,6 +279,7 @@ class QuicSessionMachine:
 
     def close(self, reason: str = "session ended", code: int = CLOSE_NORMAL) -> None:
         """End the session (if not yet) and close the connection with ``reason`` as the phrase."""
+        self._aioquic_due = True
         if self._deferred_close is None:  # a failure's own close, naming it, goes out instead
             self.quic.close(error_code=code, reason_phrase=_clip(reason))
         self._end(reason, SessionLost(reason))
@@ -248,6 +298,7 @@ class QuicSessionMachine:
             "path to %s now carries packets of at most %d bytes (was %d)", self.peer, size, self.quic._max_datagram_size
         )
         self.quic._max_datagram_size = size
+        self._aioquic_due = True
         if self.datagram_channel is not None:
             self.datagram_channel.drop_oversized()
         return True
@@ -277,7 +328,7 @@ class QuicSessionMachine:
     def _handle_event(self, event: events.QuicEvent, now: float) -> None:
         if isinstance(event, events.DatagramFrameReceived):
             if self.phase is not Phase.ENDED:
-                self._datagram_frame(event.data)
+                self._datagram_frames([event.data])
         elif isinstance(event, events.StreamDataReceived):
             if self.phase is not Phase.ENDED:
                 self._stream_data(event.stream_id, event.data, event.end_stream, now)
@@ -360,18 +411,20 @@ class QuicSessionMachine:
             left = self.channels[index].decoder.pending
             self._lost(f"peer finished data stream {stream_id}" + (f" inside a frame ({left} bytes)" if left else ""))
 
-    def _datagram_frame(self, data: bytes) -> None:
+    def _datagram_frames(self, payloads: list[bytes]) -> None:
         channel = self.datagram_channel
         if channel is None:
-            self.unexpected_datagrams += 1
-            if self.unexpected_datagrams == 1:
+            self.unexpected_datagrams += len(payloads)
+            if self.unexpected_datagrams == len(payloads):
                 log.warning("dropping DATAGRAM frames from %s: the config exchange did not agree on them", self.peer)
             return
-        if not 0 < len(data) <= channel.mtu:
-            # The same rule as for a frame on a data stream (PROTOCOL.md, "Packet frame").
-            self._protocol_error(f"DATAGRAM frame of {len(data)} bytes (allowed 1..{channel.mtu})")
-            return
-        channel.deliver([data])
+        mtu = channel.mtu
+        for data in payloads:
+            if not 0 < len(data) <= mtu:
+                # The same rule as for a frame on a data stream (PROTOCOL.md, "Packet frame").
+                self._protocol_error(f"DATAGRAM frame of {len(data)} bytes (allowed 1..{mtu})")
+                return
+        channel.deliver(payloads)
 
     def _config_data(self, data: bytes, fin: bool, now: float) -> None:
         if self.params is not None or (self.is_client and self.phase is not Phase.EXCHANGE):
@@ -402,7 +455,7 @@ class QuicSessionMachine:
                 FIRST_DATA_STREAM + 4 * i,
                 params.mtu,
                 session_up=lambda: self.phase is Phase.UP,
-                wakeup=self.listener.wakeup,
+                wakeup=self._wake,
             )
             for i in range(params.number_of_streams)
         ]
@@ -424,7 +477,7 @@ class QuicSessionMachine:
                 return
 
     def _use_datagrams(self, mtu: int) -> None:
-        channel = DatagramChannel(self.quic, mtu, lambda: self._now)
+        channel = DatagramChannel(self.quic, mtu, lambda: self._now, queued=self.listener.datagrams_queued)
         room = channel.room()
         if room == 0:
             log.warning("%s offered DATAGRAM frames but its transport parameters allow none: streams only", self.peer)
@@ -438,6 +491,7 @@ class QuicSessionMachine:
         else:
             log.info("DATAGRAM frames carry the packets to %s (up to %d bytes fit, mtu %d)", self.peer, room, mtu)
         self.datagram_channel = channel
+        self.fast_path = DatagramFastPath(self.quic)
         for stream in self.channels:
             stream.datagrams = channel
 
@@ -478,7 +532,7 @@ class QuicSessionMachine:
             # A client's set-up failure is raised by connect() and logged by the engine.
             log.warning("QUIC session set-up with %s failed: %s", self.peer, error)
         self._end(str(error), error)
-        self.listener.wakeup()
+        self._wake()
 
     def _closed(self, close: events.ConnectionTerminated, *, by_peer: bool) -> None:
         code, phrase = close.error_code, close.reason_phrase

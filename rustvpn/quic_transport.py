@@ -122,6 +122,14 @@ class _Link(MachineListener):
         if self._transmit_handle is None:
             self._transmit_handle = self._loop.call_soon(self.transmit)
 
+    def datagrams_queued(self) -> None:
+        # The pump's packets go out now, in the same loop iteration: a trip through call_soon
+        # costs a loop iteration, a good part of an idle ping's round trip.
+        datagrams = self.machine.flush_datagrams(self._loop.time())
+        if datagrams:
+            self._send(datagrams)
+            self._arm_timer()  # loss detection (and pacing) now run from these packets too
+
     def session_established(self, machine: QuicSessionMachine) -> None:
         self.session = QuicSession(self)
         self._established(self.session)

@@ -27,6 +27,7 @@ from rustvpn.config_file import SCHEMA, load_config_file
 from rustvpn.errors import ConfigError, ExchangeError, ExchangeMismatch, FrameError
 from rustvpn.flow_hash import StreamSelector, flow_ports
 from rustvpn.framing import MAX_FRAME_LENGTH, FrameDecoder, encode_frame
+from rustvpn.quic_fastpath import _parse_frames
 from rustvpn.settings import TunnelConfig
 from rustvpn.status_server import _BadRequest, _parse_request
 
@@ -361,6 +362,35 @@ def fuzz_status_request(data: bytes) -> None:
     assert text.startswith("{") or text == "status", repr(text)
 
 
+def fuzz_quic_frames(data: bytes) -> None:
+    """The DATAGRAM short cut's frame parser (quic_fastpath._parse_frames) on a decrypted payload.
+
+    Layout: u16 limit (our max_datagram_frame_size; 0 means none offered), then the payload. Checks: it
+    never raises; what it accepts holds at least one frame, its DATAGRAM payloads appear in the input in
+    order and each within the limit, and an ACK's ranges are non-negative and ascending.
+    """
+    limit = int.from_bytes(data[:2], "big") or None
+    payload = data[2:]
+    parsed = _parse_frames(payload, limit)
+    if parsed is None:
+        return
+    assert payload, "an empty payload was accepted"
+    datagrams, ack, eliciting = parsed
+    assert limit is not None or not datagrams
+    at = 0
+    for datagram in datagrams:
+        assert limit is not None and len(datagram) < limit
+        found = payload.find(datagram, at)
+        assert found >= 0, "a DATAGRAM payload that is not in the input"
+        at = found + len(datagram)
+    if ack is not None:
+        ranges, delay = ack
+        bounds = [(r.start, r.stop) for r in ranges]
+        assert all(0 <= a < b for a, b in bounds) and bounds == sorted(bounds) and delay >= 0
+    if datagrams:
+        assert eliciting
+
+
 # --------------------------------------------------------------------------- self-test
 
 
@@ -493,6 +523,18 @@ TARGETS: dict[str, Target] = {
                 b"stat\xffus",
             ),
             dictionary=(b'"version"', b'"command"', b'"status"', b"status", b"{", b"}", b"[", b":", b"1", b"true"),
+        ),
+        Target(
+            "quic_frames",
+            fuzz_quic_frames,
+            seeds=(
+                b"\x05\xdc\x31\x03abc\x00\x00",
+                b"\x05\xdc\x02\x05\x00\x01\x01\x00\x01\x31\x01z",
+                b"\x00\x00\x30xyz",
+                b"\x01\x00\x03\x40\x10\x00\x00\x02\x00\x01\x02\x03\x01",
+            ),
+            dictionary=(b"\x00", b"\x01", b"\x02", b"\x03", b"\x30", b"\x31", b"\x40", b"\x80", b"\xc0"),
+            max_len=2048,
         ),
     )
 }

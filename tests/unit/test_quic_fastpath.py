@@ -1,0 +1,220 @@
+"""The DATAGRAM short cut (rustvpn/quic_fastpath.py) against aioquic's own packet code.
+
+Every test pairs a side that uses the short cut with a side that does not (``fast_path = None``:
+aioquic builds and parses everything itself), or two that do, in memory on a virtual clock. What
+the short cut sends must be what stock aioquic accepts, and what it takes in must leave the
+connection state as aioquic would have: packets acknowledged, nothing left in flight, lost ones
+declared lost, the congestion window working, key updates and stream data handled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from aioquic.tls import Epoch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from quic_helpers import CLIENT_ADDR, DATAGRAMS, SERVER_ADDR, machine_pair, tunnel_config, write_pki
+
+from rustvpn.quic_fastpath import DatagramFastPath, _decode_packet_number, _parse_frames
+from rustvpn.quic_machine import Phase, QuicSessionMachine
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return write_pki(tmp_path_factory.mktemp("pki"))
+
+
+def packet(seq: int, size: int = 200) -> bytes:
+    """An IPv4/UDP-looking packet numbered ``seq`` (flows hash on its ports)."""
+    body = seq.to_bytes(4, "big") * (size // 4)
+    return bytes([0x45]) + bytes(8) + bytes([17]) + bytes(10) + (5000).to_bytes(2, "big") * 2 + body[: size - 24]
+
+
+def up_pair(pki: dict[str, Path], *, client_fast: bool = True, server_fast: bool = True):  # type: ignore[no-untyped-def]
+    wire, client, server, client_rec, server_rec = machine_pair(
+        tunnel_config(pki, "client"), tunnel_config(pki, "server")
+    )
+    assert wire.run(lambda: client.phase is Phase.UP and server.phase is Phase.UP)
+    client.bind(client_rec.sink)
+    server.bind(server_rec.sink)
+    assert client.fast_path is not None and server.fast_path is not None
+    if not client_fast:
+        client.fast_path = None
+    if not server_fast:
+        server.fast_path = None
+    return wire, client, server, client_rec, server_rec
+
+
+def in_flight(machine: QuicSessionMachine) -> int:
+    return int(machine.quic._loss.bytes_in_flight)
+
+
+def send(machine: QuicSessionMachine, packets: list[bytes]) -> None:
+    machine.channels[0].send_packets(packets)
+
+
+@pytest.mark.parametrize(("client_fast", "server_fast"), [(True, False), (False, True), (True, True)])
+def test_packets_cross_both_ways_and_are_all_acknowledged(
+    pki: dict[str, Path], client_fast: bool, server_fast: bool
+) -> None:
+    wire, client, server, client_rec, server_rec = up_pair(pki, client_fast=client_fast, server_fast=server_fast)
+    out = [packet(i) for i in range(40)]
+    back = [packet(1000 + i, 900) for i in range(25)]
+    for i in range(0, 40, 4):
+        send(client, out[i : i + 4])
+        send(server, back[i : i + 4] if i < 25 else [])
+        wire.step()
+    assert wire.run(lambda: len(server_rec.packets) == 40 and len(client_rec.packets) == 25)
+    assert server_rec.on(DATAGRAMS) == out
+    assert client_rec.on(DATAGRAMS) == back
+    # Every packet the short cut sent was acknowledged through its ACK handling or aioquic's.
+    assert wire.run(lambda: in_flight(client) == 0 and in_flight(server) == 0, seconds=1)
+    for machine, fast in ((client, client_fast), (server, server_fast)):
+        space = machine.quic._spaces[Epoch.ONE_RTT]
+        assert space.ack_eliciting_in_flight == 0  # (a bare ACK is never acknowledged itself)
+        if fast:
+            assert machine.fast_path is not None
+            assert machine.fast_path.sent > 0 and machine.fast_path.received > 0
+    assert client.phase is Phase.UP and server.phase is Phase.UP
+
+
+def test_lost_packets_are_declared_lost_not_resent(pki: dict[str, Path]) -> None:
+    wire, client, _, _, server_rec = up_pair(pki)
+    dropped = 0
+
+    def lose_every_third(datagrams: list[bytes]) -> list[bytes]:
+        nonlocal dropped
+        kept = []
+        for i, data in enumerate(datagrams):
+            if i % 3 == 1:
+                dropped += 1
+            else:
+                kept.append(data)
+        return kept
+
+    wire.client_filter = lose_every_third
+    for i in range(0, 60, 6):
+        send(client, [packet(i + k) for k in range(6)])
+        wire.step()
+    wire.client_filter = None
+    assert wire.run(lambda: in_flight(client) == 0, seconds=3)
+    assert dropped > 0
+    # DATAGRAM frames are not resent: exactly what was not dropped arrived, in order.
+    got = server_rec.on(DATAGRAMS)
+    assert len(got) == 60 - dropped
+    assert got == sorted(got, key=lambda p: p[24:28])
+    # Nothing is left in flight: the lost packets were declared lost, and the controller reacted.
+    assert client.quic._loss._cc._recovery_start > 0
+
+
+def test_a_key_update_goes_through_aioquic_and_the_short_cut_resumes(pki: dict[str, Path]) -> None:
+    wire, client, server, client_rec, server_rec = up_pair(pki)
+    send(client, [packet(1)])
+    assert wire.run(lambda: len(server_rec.packets) == 1)
+    phase = client.quic._cryptos[Epoch.ONE_RTT].send.key_phase
+    client.quic.request_key_update()
+    assert client.fast_path is not None and not client.fast_path.can_send()
+    send(client, [packet(2)])
+    server.channels[0].send_packets([packet(3)])
+    assert wire.run(lambda: len(server_rec.packets) == 2 and len(client_rec.packets) == 1)
+    assert client.quic._cryptos[Epoch.ONE_RTT].send.key_phase != phase
+    assert server.quic._cryptos[Epoch.ONE_RTT].recv.key_phase != phase
+    sent_before = client.fast_path.sent
+    for i in range(4, 10):
+        send(client, [packet(i)])
+        server.channels[0].send_packets([packet(100 + i)])
+        wire.step()
+    assert wire.run(lambda: len(server_rec.packets) == 8 and len(client_rec.packets) == 7)
+    assert client.fast_path.sent > sent_before  # the short cut works in the new key phase
+    assert server_rec.on(DATAGRAMS) == [packet(i) for i in range(1, 10) if i != 3]
+
+
+def test_duplicates_and_damaged_packets_are_dropped(pki: dict[str, Path]) -> None:
+    _, client, server, _, server_rec = up_pair(pki)
+    send(client, [packet(1)])
+    (data, _), *rest = client.datagrams_to_send(1.0)
+    assert not rest
+    server.receive_datagram(data, CLIENT_ADDR, 1.0)
+    server.receive_datagram(data, CLIENT_ADDR, 1.0)  # replayed
+    damaged = bytearray(data)
+    damaged[-1] ^= 1
+    server.receive_datagram(bytes(damaged), CLIENT_ADDR, 1.0)
+    assert server_rec.on(DATAGRAMS) == [packet(1)]
+    assert server.phase is Phase.UP
+
+
+def test_packets_from_another_address_are_left_to_aioquic(pki: dict[str, Path]) -> None:
+    _, client, server, _, server_rec = up_pair(pki)
+    assert server.fast_path is not None
+    send(client, [packet(1)])
+    [(data, _)] = client.datagrams_to_send(1.0)
+    taken = server.fast_path.received
+    server.receive_datagram(data, ("198.18.0.99", 40000), 1.0)  # aioquic handles a new path
+    assert server.fast_path.received == taken
+    assert server_rec.on(DATAGRAMS) == [packet(1)]
+
+
+def test_an_owed_ack_rides_with_the_next_packet(pki: dict[str, Path]) -> None:
+    wire, client, server, client_rec, server_rec = up_pair(pki)
+    wire.run(seconds=0.2)  # nothing owed
+    send(client, [packet(1)])
+    [(data, _)] = client.datagrams_to_send(wire.now)
+    server.receive_datagram(data, CLIENT_ADDR, wire.now)
+    assert server.quic._spaces[Epoch.ONE_RTT].ack_at is not None  # the server owes an ACK
+    assert in_flight(client) > 0
+    server.channels[0].send_packets([packet(2)])
+    [(reply, _)] = server.datagrams_to_send(wire.now)  # one packet: the reply carries the ACK
+    assert server.quic._spaces[Epoch.ONE_RTT].ack_at is None
+    client.receive_datagram(reply, SERVER_ADDR, wire.now)
+    assert client_rec.on(DATAGRAMS) == [packet(2)]
+    assert in_flight(client) == 0
+    assert server_rec.on(DATAGRAMS) == [packet(1)]
+
+
+def test_stream_packets_still_cross_beside_the_short_cut(pki: dict[str, Path]) -> None:
+    wire, client, _server, _, server_rec = up_pair(pki)
+    big = packet(7, 1350)  # does not fit a DATAGRAM frame in a 1200-byte QUIC packet: stream 8
+    send(client, [packet(1), big])
+    assert wire.run(lambda: len(server_rec.packets) == 2)
+    assert server_rec.on(DATAGRAMS) == [packet(1)]
+    assert server_rec.on(8) == [big]
+    assert wire.run(lambda: in_flight(client) == 0, seconds=1)
+
+
+def test_packet_numbers_decode_across_the_two_byte_window() -> None:
+    assert _decode_packet_number(0x0001, 0xFFFF) == 0x10001
+    assert _decode_packet_number(0xFFFF, 0x10002) == 0xFFFF
+    assert _decode_packet_number(0x1234, 0x1230) == 0x1234
+    assert _decode_packet_number(0x9B32, 0xA82F30EB) == 0xA82F9B32  # RFC 9000 appendix A.3
+
+
+def test_frames_other_than_ours_go_to_aioquic() -> None:
+    assert _parse_frames(b"\x31\x03abc\x00\x00", 65536) == ([b"abc"], None, True)
+    assert _parse_frames(b"\x30xyz", 65536) == ([b"xyz"], None, True)
+    assert _parse_frames(b"\x01", 65536) == ([], None, True)
+    datagrams, ack, eliciting = _parse_frames(b"\x02\x05\x00\x00\x02", 65536) or ((), None, True)
+    assert datagrams == [] and ack is not None and not eliciting
+    assert list(ack[0]) == [range(3, 6)]
+    assert _parse_frames(b"\x08\x00", 65536) is None  # STREAM frame
+    assert _parse_frames(b"\x31\x05ab", 65536) is None  # truncated
+    assert _parse_frames(b"", 65536) is None  # no frame at all
+    assert _parse_frames(b"\x31\x03abc", 3) is None  # over our transport parameter
+    assert _parse_frames(b"\x31\x03abc", None) is None  # DATAGRAM frames not offered
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_payload_parses_or_is_left_to_aioquic(payload: bytes) -> None:
+    parsed = _parse_frames(payload, 1500)
+    if parsed is not None:
+        datagrams, _, _ = parsed
+        assert sum(map(len, datagrams)) <= len(payload)
+
+
+def test_the_short_cut_is_a_no_op_before_the_session_can_use_it(pki: dict[str, Path]) -> None:
+    wire, client, server, _, _ = machine_pair(tunnel_config(pki, "client"), tunnel_config(pki, "server"))
+    fast = DatagramFastPath(client.quic)
+    assert not fast.can_send() and fast.flush(0.0) == []
+    assert wire.run(lambda: client.phase is Phase.UP and server.phase is Phase.UP)
