@@ -4,16 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rustvpn import DEFAULT_BUILD_ID, __version__
-from rustvpn.config_file import load_config_file
 from rustvpn.errors import RustvpnError
 from rustvpn.log_setup import resolve_level, setup_logging
 from rustvpn.settings import (
@@ -29,6 +27,9 @@ from rustvpn.settings import (
     build_config,
 )
 from rustvpn.status import DEFAULT_RUNTIME_ROOT, default_socket_path
+
+if TYPE_CHECKING:
+    from rustvpn.config_file import LoadedConfig
 
 log = logging.getLogger("rustvpn")
 
@@ -224,6 +225,13 @@ def _write_certs(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _load_config_file(path: str, instance: str | None = None) -> LoadedConfig:
+    # Start-up time: only a config file needs YAML (~30 ms to import), not the seed commands.
+    from rustvpn.config_file import load_config_file
+
+    return load_config_file(path, instance)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -244,13 +252,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(text)
             return 0
         if args.command == "check":
-            loaded = load_config_file(args.config)
+            loaded = _load_config_file(args.config)
             cfg = loaded.config
             print(f"{args.config}: ok ({cfg.transport} {cfg.role}, device {cfg.device}, {cfg.stream_count} streams)")
             return 0
         instance = ""
         if args.command == "run":
-            loaded = load_config_file(args.config, args.instance)
+            loaded = _load_config_file(args.config, args.instance)
             config, instance = loaded.config, loaded.instance
             if config.status_socket is None:
                 config = dataclasses.replace(config, status_socket=default_socket_path(instance))
@@ -259,6 +267,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # A seed command with a status socket is named after the socket's directory.
             instance = Path(config.status_socket).parent.name if config.status_socket else ""
         setup_logging(config.log_level, instance=instance, transport=config.transport)
+        # Start-up time: only running a tunnel needs asyncio (~50 ms to import), not --help or check.
+        import asyncio
+
         asyncio.run(_run(config, instance))
         return 0
     except RustvpnError as exc:
