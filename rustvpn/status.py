@@ -9,7 +9,6 @@ rustvpn.status_client. The status never carries the token or key material.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from typing import TYPE_CHECKING, Any
@@ -94,6 +93,9 @@ def _rss_bytes() -> int | None:
 def process_figures() -> dict[str, int | None]:
     """What this process holds, for operators and soak tests to spot a leak: asyncio tasks, OS threads,
     open file descriptors and resident memory. A figure that cannot be read is None."""
+    # Start-up time: imported here, as `rustvpn --help`, `check` and `certs` need no asyncio (~40 ms).
+    import asyncio
+
     try:
         tasks: int | None = len(asyncio.all_tasks())
     except RuntimeError:  # no running event loop: a snapshot taken outside the daemon
