@@ -60,6 +60,13 @@ class FrameDecoder:
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         if self._failed:
             raise FrameError("decoder already failed on an invalid frame")
+        if not self._buffer:
+            # Most reads of a quiet connection are one whole frame (a TLS record per write).
+            total = len(data)
+            if total > HEADER_SIZE:
+                length = data[0] << 8 | data[1]
+                if total == HEADER_SIZE + length and length <= self.max_length:
+                    return [bytes(data[HEADER_SIZE:])]
         if self._buffer:
             self._buffer += data
             view: bytes | bytearray | memoryview = self._buffer

@@ -55,6 +55,10 @@ def check_peer_exchange(
 class Session(ABC):
     """An established session: its peer and its packet channels. Ends once, with a reason."""
 
+    # Whether the pump may send small batches, also from inside a channel's delivery (see
+    # PacketPump.attach).
+    eager_pump = False
+
     def __init__(self, peer: str, peer_cn: str | None, params: ExchangeParams) -> None:
         self.peer = peer
         self.peer_cn = peer_cn
@@ -120,7 +124,12 @@ class TunnelEngine:
             extra=events.event(events.SESSION_UP),
         )
         self.session = session
-        self.pump.attach(session.channels, session.params.mtu, offload=OPTION_OFFLOAD in session.params.options)
+        self.pump.attach(
+            session.channels,
+            session.params.mtu,
+            offload=OPTION_OFFLOAD in session.params.options,
+            eager=session.eager_pump,
+        )
         session.bind(self.pump)
         started = time.monotonic()
         try:

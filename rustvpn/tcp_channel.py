@@ -210,6 +210,9 @@ class TlsSocketTransport(asyncio.Transport):
         super().__init__()
         self._loop = asyncio.get_running_loop()
         self._sock = sock
+        # The C-level SSL object behind the socket: same read/write/pending calls as SSLSocket's,
+        # minus two or three Python frames of wrappers each (ragged EOFs raise SSLEOFError).
+        self._ssl: Any = getattr(sock, "_sslobj", None) or sock
         self._fd = sock.fileno()
         self._protocol = protocol
         self._buffer = bytearray(READ_BUDGET)
@@ -243,26 +246,29 @@ class TlsSocketTransport(asyncio.Transport):
     def _on_readable(self) -> None:
         if self._lost or not self._reading:
             return  # a read scheduled with call_soon, overtaken by a close or a pause
-        view, recv_into = self._view, self._sock.recv_into
+        view, read = self._view, self._ssl.read
         got = 0
         eof = False
         error: Exception | None = None
         try:
-            while got < READ_BUDGET:
-                count = recv_into(view[got:])
+            count = read(READ_BUDGET, view)
+            while True:
                 if not count:
-                    eof = True  # close_notify, or the TCP stream ended (ragged EOFs are suppressed)
+                    eof = True  # close_notify, or the TCP stream ended
                     break
                 got += count
-                if count < MAX_RECORD:
+                if count < MAX_RECORD or got >= READ_BUDGET:
                     # A short record ends one of the peer's writes: more is unlikely, and finding out
                     # costs a failed read (an SSLWantReadError, about as dear as the read itself).
                     # If more did come, the socket is still readable and we are called again.
                     break
+                count = read(READ_BUDGET - got, view[got:])
         except ssl.SSLWantWriteError:
             self._want_write_to_read()  # a TLS 1.3 key update answer is waiting on a full socket
         except _AGAIN:
             pass
+        except ssl.SSLEOFError:
+            eof = True  # a ragged EOF (no close_notify): a closed connection like any other
         except (OSError, ssl.SSLError) as exc:
             error = exc
         if got:
@@ -273,7 +279,7 @@ class TlsSocketTransport(asyncio.Transport):
         elif eof and not self._lost:
             self._protocol.eof_received()
             self._force_close(None)
-        elif self._reading and not self._lost and self._sock.pending():
+        elif self._reading and not self._lost and self._ssl.pending():
             self._loop.call_soon(self._on_readable)  # decrypted bytes left in OpenSSL wake no one
 
     def _want_write_to_read(self) -> None:
@@ -292,7 +298,7 @@ class TlsSocketTransport(asyncio.Transport):
             self._loop.add_reader(self._fd, self._on_readable)
             self._reading = True
             # Decrypted bytes held by OpenSSL do not make the socket readable: look now.
-            if self._sock.pending():
+            if self._ssl.pending():
                 self._loop.call_soon(self._on_readable)
 
     def is_reading(self) -> bool:
@@ -304,7 +310,7 @@ class TlsSocketTransport(asyncio.Transport):
             return
         if not self._backlog:
             try:
-                sent = self._sock.send(data)
+                sent = self._ssl.write(data)
             except _AGAIN:
                 sent = -1
             except (OSError, ssl.SSLError) as exc:
@@ -325,7 +331,7 @@ class TlsSocketTransport(asyncio.Transport):
             self._protocol.pause_writing()
 
     def _on_writable(self) -> None:
-        backlog, send = self._backlog, self._sock.send
+        backlog, send = self._backlog, self._ssl.write
         try:
             while backlog:
                 if not self._head_tried and len(backlog) > 1:

@@ -64,6 +64,10 @@ def packet_limit(params: ExchangeParams) -> int:
 
 
 class TcpSession(Session):
+    # A TLS connection's send_packets is one write to its socket: cheap, and safe from inside a
+    # delivery.
+    eager_pump = True
+
     def __init__(
         self,
         peer: str,

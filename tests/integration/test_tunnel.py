@@ -7,8 +7,11 @@ log lines that explain a refusal. Every test runs once over TCP and once over QU
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -153,6 +156,76 @@ def test_transfer_20mb_checksum(hosts: NetnsPair, mode: str) -> None:
     _srv, cli = start_pair(hosts, mode, server_args(mode), client_args(mode))
     cli.wait_for(SESSION_UP)
     checksummed_transfer(hosts, hosts.client, hosts.server, tun_ip(SERVER_TUN4), 20 * 1024 * 1024)
+
+
+# Datagrams "<seq> <wall-clock send time>" to an address every 20 ms, for a while.
+DATAGRAM_SENDER = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+end, seq = time.time() + float(sys.argv[3]), 0
+while time.time() < end:
+    seq += 1
+    try:
+        sock.sendto(f"{seq} {time.time():.6f}".encode(), (sys.argv[1], int(sys.argv[2])))
+    except OSError:
+        pass
+    time.sleep(0.02)
+"""
+# Prints every datagram received on a port until none came for a while.
+DATAGRAM_RECEIVER = """
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind(("0.0.0.0", int(sys.argv[1])))
+sock.settimeout(float(sys.argv[2]))
+print("listening", flush=True)
+try:
+    while True:
+        print(sock.recv(100).decode(), flush=True)
+except TimeoutError:
+    pass
+"""
+
+
+def log_time(line: str) -> float:
+    """The wall-clock time of a log line (the logging module stamps lines with time.time())."""
+    return datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+
+def test_packets_read_before_the_session_arrive_when_it_is_up(hosts: NetnsPair, mode: str) -> None:
+    """The server's device is up long before a client comes: what the server's host sends into the
+    tunnel meanwhile is held (the last second of it) and delivered once the session is up, as
+    WireGuard does with packets staged during its handshake."""
+    srv = hosts.spawn(hosts.server, server_args(mode), "server")
+    srv.wait_for(LISTENING[mode])
+    port = "5300"
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", hosts.client, sys.executable, "-c", DATAGRAM_RECEIVER, port, "3"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    sender = subprocess.Popen(
+        ["ip", "netns", "exec", hosts.server, sys.executable, "-c", DATAGRAM_SENDER, tun_ip(CLIENT_TUN4), port, "30"]
+    )
+    try:
+        assert receiver.stdout is not None
+        assert receiver.stdout.readline().strip() == "listening"
+        time.sleep(1.5)  # the server reads (and holds) datagrams with no session to send them on
+        hosts.spawn(hosts.client, client_args(mode), "client").wait_for(SESSION_UP)
+        up = srv.wait_for(r"(?m)^.*session up with.*$").group(0)
+        srv.wait_for(r"sending \d+ packets read while no session was up")
+        time.sleep(0.5)
+        sender.terminate()
+        sender.wait(10)
+        lines, _ = receiver.communicate(timeout=30)
+    finally:
+        sender.kill()
+        receiver.kill()
+    sent_at = [float(line.split()[1]) for line in lines.splitlines() if re.fullmatch(r"\d+ [\d.]+", line)]
+    # Read by the server a good while before its session came up (its loop was idle: a datagram is
+    # read as soon as it is sent), and yet received by the client.
+    early = [t for t in sent_at if t < log_time(up) - 0.1]
+    assert early, f"no datagram sent before the session came up ({log_time(up):.3f}) arrived: {sent_at[:5]}"
+    assert len(sent_at) > len(early)  # and the tunnel carries the ones sent after it, of course
 
 
 def test_ipv6_underlay(hosts: NetnsPair, mode: str) -> None:

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import socket
+import ssl
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
@@ -22,7 +23,7 @@ from typing import Any, TypeVar, cast
 
 import pytest
 
-from rustvpn import DEFAULT_BUILD_ID, tcp_transport
+from rustvpn import DEFAULT_BUILD_ID, tcp_channel, tcp_transport
 from rustvpn.config_exchange import OPTION_OFFLOAD
 from rustvpn.errors import ExchangeMismatch, PeerRejected, RustvpnError, SystemSetupError
 from rustvpn.offload import MAX_OFFLOAD_FRAME
@@ -827,3 +828,50 @@ def test_tokens_never_appear_in_debug_logs(certs: dict[str, Path], caplog: pytes
         for token in tokens:
             assert token not in text, f"a token leaked into the log: {record.name}: {text}"
         assert not TOKEN_RUN.search(text), f"a token-like string in the log: {record.name}: {text}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 12. The TLS transport's end of a connection: with or without the peer's close_notify
+
+
+@pytest.mark.parametrize("close_notify", [True, False])
+def test_a_peer_closing_with_or_without_close_notify_is_a_clean_close(
+    certs: dict[str, Path], close_notify: bool
+) -> None:
+    """What the peer sent before closing is delivered, then the connection ends as "peer closed
+    the connection" either way: a TCP stream that ends without TLS's close_notify (a ragged EOF,
+    what a killed peer leaves) is no protocol error."""
+
+    def send_and_close(peer: ssl.SSLSocket) -> None:
+        try:
+            peer.setblocking(True)
+            peer.sendall(b"\x00\x03abc")  # one frame
+            if close_notify:
+                with contextlib.suppress(OSError):
+                    peer.unwrap()  # sends close_notify (and waits for the answer that never comes)
+        finally:
+            peer.close()  # without unwrap: no close_notify
+
+    async def main() -> str:
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server((LOOPBACK, 0))
+        listener.setblocking(False)
+        port = listener.getsockname()[1]
+        server_ctx = server_context(str(certs["ca"]), str(certs["server_cert"]), str(certs["server_key"]))
+        client_ctx = client_context(str(certs["ca"]), str(certs["client_cert"]), str(certs["client_key"]))
+        with listener:
+            connecting = asyncio.ensure_future(
+                tcp_channel.connect_tls(FramedConnection, LOOPBACK, port, client_ctx, server_hostname=LOOPBACK)
+            )
+            raw, _ = await loop.sock_accept(listener)
+            peer = await tcp_channel.tls_handshake(raw, server_ctx, server_side=True)
+            conn = await connecting
+        closing = asyncio.ensure_future(asyncio.to_thread(send_and_close, peer))
+        try:
+            assert await conn.read_message(STEP) == b"abc"
+            async with asyncio.timeout(STEP):
+                return await conn.closed
+        finally:
+            await closing
+
+    assert run(main()) == "peer closed the connection"

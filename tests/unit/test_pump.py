@@ -1,0 +1,367 @@
+"""rustvpn.pump: packets held while no session is attached (HeldPackets, and the pump around it),
+the reads and batches of the pump, and what it does after writing packets from the peer.
+
+The pump runs on a datagram socket pair standing in for the TUN device's file descriptor: reads
+from its end come back one packet each, as from a TUN fd, and no root is needed. The test writes
+"what the kernel routes into the tunnel" on the other end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from rustvpn import pump as pump_module
+from rustvpn.flow_hash import StreamSelector, echo_id, flow_ports
+from rustvpn.pump import HOLD_PACKETS, HeldPackets, PacketChannel, PacketPump
+from rustvpn.stats import Counters
+from rustvpn.tun import TunDevice
+
+MTU = 1500
+
+
+def udp4(sport: int, dport: int, payload: bytes = b"") -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, b"\xc6\x13\x01\x02",
+                       b"\xc6\x13\x01\x01") + udp  # fmt: skip
+
+
+def ping4(seq: int, ident: int = 7, kind: int = 8) -> bytes:
+    icmp = struct.pack("!BBHHH", kind, 0, 0, ident, seq) + b"x" * 16
+    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(icmp), 0, 0, 64, 1, 0, b"\xc6\x13\x01\x02",
+                       b"\xc6\x13\x01\x01") + icmp  # fmt: skip
+
+
+# -- HeldPackets: sans-IO -------------------------------------------------------------------------
+
+
+def test_held_reads_come_back_in_order_once() -> None:
+    held = HeldPackets()
+    for i in range(5):
+        assert held.hold(bytes([i]) * 10, now=100.0 + i / 10) == 0
+    assert (len(held), held.size) == (5, 50)
+    assert held.take(now=100.5) == ([bytes([i]) * 10 for i in range(5)], 0)
+    assert (len(held), held.size) == (0, 0)
+    assert held.take(now=100.6) == ([], 0)
+
+
+def test_only_the_newest_are_kept_the_rest_counted() -> None:
+    held = HeldPackets(max_packets=3)
+    dropped = sum(held.hold(bytes([i]), now=1.0) for i in range(10))
+    assert dropped == 7
+    assert held.take(now=1.0) == ([bytes([7]), bytes([8]), bytes([9])], 0)
+
+
+def test_the_byte_cap_pushes_out_the_oldest_and_refuses_a_read_above_it() -> None:
+    held = HeldPackets(max_bytes=100)
+    assert held.hold(b"a" * 60, now=1.0) == 0
+    assert held.hold(b"b" * 30, now=1.0) == 0
+    assert held.hold(b"c" * 30, now=1.0) == 1  # 120 bytes: the oldest goes
+    assert held.size == 60
+    assert held.hold(b"d" * 101, now=1.0) == 1  # could never fit: itself dropped, the rest kept
+    assert held.take(now=1.0) == ([b"b" * 30, b"c" * 30], 0)
+
+
+def test_reads_older_than_max_age_are_dropped_and_counted() -> None:
+    held = HeldPackets(max_age=1.0)
+    held.hold(b"old", now=10.0)
+    held.hold(b"older-but-fresh", now=10.5)
+    held.hold(b"new", now=11.2)  # b"old" is 1.2 s old by now: dropped on the way
+    assert len(held) == 2
+    assert held.take(now=11.6) == ([b"new"], 1)  # 1.1 s old: stale when the session comes
+
+
+def test_holding_never_exceeds_its_bounds() -> None:
+    rng = random.Random(5)
+    held = HeldPackets(max_packets=16, max_bytes=4000, max_age=0.5)
+    now, kept_in, dropped = 0.0, 0, 0
+    for _ in range(2000):
+        now += rng.random() / 20
+        dropped += held.hold(rng.randbytes(rng.randrange(1, 1500)), now)
+        kept_in += 1
+        assert len(held) <= 16 and held.size <= 4000
+        if rng.random() < 0.01:
+            fresh, stale = held.take(now + rng.random())
+            kept_in -= len(fresh) + stale
+    fresh, stale = held.take(now)
+    assert dropped == kept_in - len(fresh) - stale  # every read is either sent or counted
+
+
+# -- the pump on a datagram socket pair -------------------------------------------------------------
+
+
+class Recorder(PacketChannel):
+    """A channel that keeps what the pump sends it."""
+
+    def __init__(self, on_send: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.sent: list[bytes] = []
+        self.on_send = on_send
+
+    def send_packets(self, packets: list[bytes]) -> None:
+        self.sent.extend(packets)
+        if self.on_send is not None:
+            self.on_send()
+
+
+@contextmanager
+def socket_device() -> Iterator[tuple[TunDevice, socket.socket]]:
+    device_end, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    device_end.setblocking(False)
+    kernel_end.setblocking(False)  # its queue holds a few datagrams: wait for the pump, not on it
+    tun = TunDevice("unit0", os.dup(device_end.fileno()))
+    try:
+        yield tun, kernel_end
+    finally:
+        tun.close()
+        device_end.close()
+        kernel_end.close()
+
+
+def run(scenario: Callable[[PacketPump, socket.socket], Awaitable[None]]) -> Counters:
+    totals = Counters()
+
+    async def main() -> None:
+        with socket_device() as (tun, kernel_end):
+            pump = PacketPump(tun, totals)
+            pump.start()
+            try:
+                async with asyncio.timeout(10):
+                    await scenario(pump, kernel_end)
+            finally:
+                pump.stop()
+
+    asyncio.run(main())
+    return totals
+
+
+async def put(kernel: socket.socket, *packets: bytes) -> None:
+    """Route packets into the "tunnel": they wait on the device for the pump."""
+    for packet in packets:
+        await asyncio.get_running_loop().sock_sendall(kernel, packet)
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.005)
+
+
+def sent(channels: list[Recorder]) -> list[bytes]:
+    return [p for c in channels for p in c.sent]
+
+
+def test_packets_read_with_no_session_go_to_the_next_one_first() -> None:
+    early = [udp4(4000 + i, 53, b"q") for i in range(3)] + [ping4(1)]
+    later = [udp4(4000, 53, b"later"), ping4(2)]
+    channels = [Recorder() for _ in range(3)]
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        await put(kernel, *early)
+        await until(lambda: len(pump.held) == len(early))
+        pump.attach(channels, MTU)
+        assert sorted(sent(channels)) == sorted(early)  # at once, before anything else
+        await put(kernel, *later)
+        await until(lambda: len(sent(channels)) == len(early) + len(later))
+
+    totals = run(scenario)
+    assert sorted(sent(channels)) == sorted(early + later)
+    # A flow's packets keep their order across the hold: held ones first.
+    flow = [p for p in sent(channels) if p[20:24] == struct.pack("!HH", 4000, 53)]
+    assert flow == [early[0], later[0]]
+    assert (totals.packets_out, totals.dropped) == (len(early) + len(later), 0)
+
+
+def test_packets_read_between_sessions_go_to_the_next_session() -> None:
+    first, second = [Recorder()], [Recorder(), Recorder()]
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(first, MTU)
+        await put(kernel, ping4(1))
+        await until(lambda: len(first[0].sent) == 1)
+        pump.detach()  # the session is lost: the client reconnects
+        await put(kernel, ping4(2), udp4(1, 2))
+        await until(lambda: len(pump.held) == 2)
+        pump.attach(second, MTU)
+
+    totals = run(scenario)
+    assert first[0].sent == [ping4(1)]
+    assert sorted(sent(second)) == sorted([ping4(2), udp4(1, 2)])
+    assert totals.dropped == 0
+
+
+def test_stale_and_surplus_held_packets_are_dropped_and_counted() -> None:
+    channels = [Recorder()]
+    count = HOLD_PACKETS + 10
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        await put(kernel, *(ping4(seq) for seq in range(count)))
+        await until(lambda: len(pump.held) + pump.totals.dropped == count)
+        assert (len(pump.held), pump.totals.dropped) == (HOLD_PACKETS, 10)
+        pump.attach(channels, MTU)
+        assert channels[0].sent == [ping4(seq) for seq in range(10, count)]  # the newest, in order
+        pump.detach()
+        pump.held.max_age = -1.0  # anything held is too old when the next session comes
+        await put(kernel, ping4(999))
+        await until(lambda: len(pump.held) == 1)
+        pump.attach(channels, MTU)
+
+    totals = run(scenario)
+    assert len(channels[0].sent) == HOLD_PACKETS
+    assert totals.dropped == 11
+
+
+def test_empty_reads_are_neither_held_nor_counted() -> None:
+    channels = [Recorder()]
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        await put(kernel, b"", ping4(1))
+        await until(lambda: len(pump.held) == 1)
+        pump.attach(channels, MTU)
+
+    totals = run(scenario)
+    assert channels[0].sent == [ping4(1)]
+    assert totals.dropped == 0
+
+
+class BatchRecorder(Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def send_packets(self, packets: list[bytes]) -> None:
+        super().send_packets(packets)
+        self.batches.append(len(packets))
+
+
+@pytest.mark.parametrize("eager", [True, False])
+def test_a_burst_is_read_whole_and_in_order(eager: bool) -> None:
+    """An eager pump reads the first packet after a quiet spell alone (on an idle tunnel it is
+    the only one), then the rest of the burst in one batch; a pump that is not eager reads the
+    whole burst in one batch."""
+    channel = BatchRecorder()
+    burst = [udp4(7, 9, i.to_bytes(2, "big")) for i in range(8)]
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach([channel], MTU, eager=eager)
+        await put(kernel, *burst)  # all queued before the pump wakes up
+        await until(lambda: len(channel.sent) == len(burst))
+
+    run(scenario)
+    assert channel.sent == burst
+    assert channel.batches == ([1, len(burst) - 1] if eager else [len(burst)])
+
+
+def test_a_ping_keeps_to_the_channel_of_its_identifier_and_other_packets_of_no_flow_rotate() -> None:
+    channels = [Recorder() for _ in range(3)]
+    pings = [ping4(seq, ident=4) for seq in range(3)] + [ping4(9, ident=4, kind=0)]  # requests, a reply
+    others = [bytes([0x45]) + bytes(19) for _ in range(3)]  # protocol 0: no ports, no identifier
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(channels, MTU)
+        await put(kernel, *pings, *others)
+        await until(lambda: len(sent(channels)) == len(pings) + len(others))
+
+    run(scenario)
+    assert channels[4 % 3].sent[: len(pings)] == pings
+    assert sorted(len(c.sent) for c in channels) == [1, 1, 4 + 1]
+
+
+def test_packets_of_no_flow_pass_over_the_channel_that_carries_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ping behind a bulk flow's queue would wait for all of it: it takes another channel."""
+    monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))  # every wake-up reads a batch
+    channels = [Recorder() for _ in range(3)]
+    bulk = [udp4(5000, 6000, bytes(4000)) for _ in range(8)]  # 32 KB in one batch
+    bulk_channel = StreamSelector(3).flow(bulk[0])
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(channels, 9000)
+        await put(kernel, *bulk)  # queued at once (no wait): the pump reads them in one batch
+        await until(lambda: len(sent(channels)) == len(bulk))
+        # The pings' identifier would put them on the bulk flow's channel.
+        await put(kernel, *(ping4(seq, ident=bulk_channel) for seq in range(6)))
+        await until(lambda: len(sent(channels)) == len(bulk) + 6)
+
+    run(scenario)
+    assert channels[bulk_channel].sent == bulk
+    others = [c for i, c in enumerate(channels) if i != bulk_channel]
+    assert [len(c.sent) for c in others] == [3, 3]  # round-robin over the rest
+
+
+@pytest.mark.parametrize(("eager", "quiet"), [(True, True), (False, True), (True, False)])
+def test_after_writing_packets_from_the_peer_the_answer_goes_out_at_once(
+    monkeypatch: pytest.MonkeyPatch, eager: bool, quiet: bool
+) -> None:
+    """With an eager pump and a quiet device, what the device holds after a delivery is sent
+    from inside the delivery itself: here the "answer" is queued before the delivery, and
+    no event loop iteration runs between the delivery and the check. In a stream of reads the
+    answer waits for the next batch instead."""
+    if not quiet:
+        monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))
+    channels = [Recorder()]
+    at_once = eager and quiet
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(channels, MTU, eager=eager)
+        kernel.send(ping4(5))  # the local stack's answer, already waiting on the device
+        pump.deliver(channels[0], [ping4(4)])
+        assert channels[0].sent == ([ping4(5)] if at_once else [])
+        assert kernel.recv(2000) == ping4(4)
+        await until(lambda: channels[0].sent == [ping4(5)])
+
+    totals = run(scenario)
+    assert (totals.packets_in, totals.packets_out) == (1, 1)
+
+
+def test_deliver_counts_what_the_device_refused() -> None:
+    channel = Recorder()
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach([channel], MTU)
+        kernel.close()  # every write fails now (ECONNREFUSED): a router drops
+        pump.deliver(channel, [ping4(1), ping4(2)])
+
+    totals = run(scenario)
+    assert (channel.counters.packets_in, channel.counters.dropped) == (0, 2)
+    assert (totals.packets_in, totals.dropped) == (0, 2)
+
+
+# -- flow hashing at an offset (the virtio header in front of an offload read) --------------------
+
+
+@pytest.mark.parametrize("start", [0, 10])
+def test_echo_id_finds_pings_only(start: int) -> None:
+    pad = bytes(start)
+    assert echo_id(pad + ping4(1, ident=0x1234), start) == 0x1234
+    assert echo_id(pad + ping4(1, ident=77, kind=0), start) == 77  # a reply
+    assert echo_id(pad + ping4(1, ident=77, kind=3), start) == -1  # destination unreachable
+    assert echo_id(pad + udp4(1, 2, bytes(20)), start) == -1
+    fragment = bytearray(ping4(1))
+    fragment[6] = 0x20  # more fragments
+    assert echo_id(pad + bytes(fragment), start) == -1
+    icmp6 = struct.pack("!IHBB", 6 << 28, 8, 58, 64) + bytes(32) + struct.pack("!BBHHH", 128, 0, 0, 99, 1)
+    assert echo_id(pad + icmp6, start) == 99
+    rng = random.Random(3)
+    for _ in range(2000):  # garbage never raises
+        echo_id(pad + bytes([rng.choice((0x45, 0x46, 0x4F, 0x60))]) + rng.randbytes(rng.randrange(60)), start)
+
+
+@pytest.mark.parametrize("start", [0, 10])
+def test_flow_at_an_offset_agrees_with_flow_ports(start: int) -> None:
+    rng = random.Random(11)
+    packets = [udp4(rng.randrange(65536), rng.randrange(65536)) for _ in range(200)]
+    packets += [bytes([0x45]) + rng.randbytes(rng.randrange(0, 60)) for _ in range(300)]  # garbage
+    packets += [bytes([0x60]) + rng.randbytes(rng.randrange(0, 80)) for _ in range(300)]
+    packets += [ping4(1), b""]
+    for count in (1, 2, 5):
+        selector = StreamSelector(count)
+        for packet in packets:
+            ports = flow_ports(packet)
+            expected = 0 if count == 1 else -1 if ports is None else (ports[0] ^ ports[1]) % count
+            assert selector.flow(bytes(start) + packet, start) == expected, packet.hex()
