@@ -9,22 +9,19 @@ in the last test, where a real TcpClient connects to a real TcpServer on loopbac
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from test_tcp_transport import client_config, serving
 
 from rustvpn.app import FirstConnection, make_connect
 from rustvpn.config_exchange import ExchangeParams
-from rustvpn.errors import SessionLost, SystemSetupError
+from rustvpn.errors import SessionLost
 from rustvpn.pki import write_demo_set
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.session import Session
-from rustvpn.settings import build_config
-from rustvpn.tcp_transport import TcpServer
 
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
@@ -182,38 +179,6 @@ def test_abandon_after_a_failed_first_attempt_is_quiet() -> None:
 # -- with the real TCP transport on loopback ---------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in socks:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in socks]
-
-
-async def tcp_server(certs: dict[str, Path]) -> tuple[TcpServer, list[int]]:
-    for attempt in range(5):
-        ports = free_ports(2)
-        values = {
-            "ca_bundle": certs["ca"],
-            "cert": certs["server_cert"],
-            "key": certs["server_key"],
-            "control_bind_address": LOOPBACK,
-            "data_bind_address": LOOPBACK,
-            "control_port": ports[0],
-            "data_port": ports[1],
-            "stream_count": 2,
-        }
-        server = TcpServer(build_config("tcp", "server", values, lambda k: k))
-        try:
-            await server.start()
-        except SystemSetupError:  # another process took a port in between: pick again
-            if attempt == 4:
-                raise
-            continue
-        return server, ports
-    raise AssertionError("unreachable")
-
-
 async def wait(awaitable: Awaitable[T]) -> T:
     async with asyncio.timeout(5):
         return await awaitable
@@ -223,23 +188,11 @@ def test_a_real_first_session_abandoned_at_start_up_ends_on_the_server_too(tmp_p
     certs = write_demo_set(tmp_path, [LOOPBACK])
 
     async def scenario() -> None:
-        server, ports = await tcp_server(certs)
-        try:
-            values = {
-                "ca_bundle": certs["ca"],
-                "cert": certs["client_cert"],
-                "key": certs["client_key"],
-                "server": LOOPBACK,
-                "control_port": ports[0],
-                "data_port": ports[1],
-                "stream_count": 2,
-            }
-            first = FirstConnection(make_connect(build_config("tcp", "client", values, lambda k: k)), lambda: None)
-            peer_side = await wait(server.next_session())  # set up without anyone asking for it
+        async with serving(certs) as rig:
+            first = FirstConnection(make_connect(client_config(certs, rig.ports)), lambda: None)
+            peer_side = await wait(rig.server.next_session())  # set up without anyone asking for it
             await first.abandon()  # as when configuring the device fails
             reason = await wait(peer_side.ended)
             assert reason == "peer closed the connection"
-        finally:
-            await server.close()
 
     run(scenario())
