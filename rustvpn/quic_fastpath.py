@@ -75,7 +75,8 @@ class DatagramFastPath:
         self.acked = False  # the last packet receive() took carried an ACK frame
 
     # -- sending ------------------------------------------------------------------------------
-    def _can_send(self) -> bool:
+    def can_send(self) -> bool:
+        """Whether flush() may send now (else aioquic's own sending must take the frames)."""
         q = self.quic
         crypto = q._cryptos[Epoch.ONE_RTT]
         return (
@@ -88,10 +89,6 @@ class DatagramFastPath:
             and q._network_paths[0].is_validated
         )
 
-    def can_send(self) -> bool:
-        """Whether flush() may send now (else aioquic's own sending must take the frames)."""
-        return self._can_send()
-
     def flush(self, now: float) -> list[bytes]:
         """Send the DATAGRAM frames queued in aioquic, as far as congestion control and pacing let.
 
@@ -102,7 +99,7 @@ class DatagramFastPath:
         """
         q = self.quic
         pending = q._datagrams_pending
-        if not pending or not self._can_send():
+        if not pending or not self.can_send():
             return []
         pair = q._cryptos[Epoch.ONE_RTT]
         crypto = pair.send
