@@ -218,10 +218,7 @@ class QuicSessionMachine:
         out: list[tuple[bytes, NetworkAddress]] = []
         fast = self.fast_path
         if fast is not None and self.quic._datagrams_pending:
-            sent = fast.flush(now)
-            if sent:
-                addr = self.quic._network_paths[0].addr
-                out = [(datagram, addr) for datagram in sent]
+            out = self._to_peer(fast.flush(now))
         if self._aioquic_due or fast is None or (self.quic._datagrams_pending and not fast.can_send()):
             self._aioquic_due = False
             out += self.quic.datagrams_to_send(now)
@@ -246,8 +243,12 @@ class QuicSessionMachine:
         if fast is None or not fast.can_send():
             self._wake()
             return []
+        return self._to_peer(fast.flush(now))
+
+    def _to_peer(self, datagrams: list[bytes]) -> list[tuple[bytes, NetworkAddress]]:
+        """The short cut's packets, addressed as aioquic addresses its own: to the current path."""
         addr = self.quic._network_paths[0].addr
-        return [(datagram, addr) for datagram in fast.flush(now)]
+        return [(datagram, addr) for datagram in datagrams]
 
     def _wake(self) -> None:
         self._aioquic_due = True
