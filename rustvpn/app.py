@@ -9,6 +9,7 @@ state on the status socket.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -125,6 +126,7 @@ async def run_tunnel(config: TunnelConfig, instance: str = "", notifier: Notifie
         # Ready: device and routes are in place and the server listens / the client loop starts.
         notifier.ready("waiting for peer" if server is not None else f"connecting to {config.server}")
         notifier.start_watchdog()
+        settle_heap()
         await _until_signalled(main)
     finally:
         if first is not None:
@@ -138,6 +140,22 @@ async def run_tunnel(config: TunnelConfig, instance: str = "", notifier: Notifie
             await status.close()
         tun.close()
         log.info("stopped; device %s removed", config.device, extra=events.event(events.STOPPED))
+
+
+def settle_heap() -> None:
+    """Put everything alive after start-up (modules, classes, certificates: most of the process's
+    tens of thousands of objects) out of the cycle collector's reach, for good.
+
+    Under load, packets in flight (aioquic's sent-packet records, batches) outlive the young
+    generations, and every so often their promotion triggers a full collection. Walking the whole
+    heap then stalled the tunnel for 25-40 ms each time (measured with gc.callbacks under iperf3,
+    both modes). With the start-up objects frozen, a full collection walks only what came later:
+    under 2 ms. Objects created from now on (sessions, packets) are collected as before. There is
+    no collection first: it would cost one such stall while the first connection is being made,
+    and what little garbage start-up leaves is then kept (with a client's first connection, if it
+    is under way: its connections drop their read buffers when they close, so that is small).
+    """
+    gc.freeze()
 
 
 class FirstConnection:

@@ -425,6 +425,10 @@ class TlsSocketTransport(asyncio.Transport):
             self._loop.remove_writer(self._fd)
         self._backlog.clear()
         self._backlog_size = 0
+        # The 256 KB read buffer goes now, not when the collector finds this transport (it and its
+        # protocol refer to each other): the first connection may be frozen (app.settle_heap).
+        self._buffer = bytearray()
+        self._view = memoryview(self._buffer)
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:

@@ -448,6 +448,30 @@ def test_server_ending_the_session_ends_it_on_the_client(certs: dict[str, Path])
     run(main())
 
 
+def test_a_closed_connection_lets_go_of_its_read_buffer(certs: dict[str, Path]) -> None:
+    """Each TLS transport reads into a 256 KB buffer. Transport and protocol refer to each other, so
+    without help the buffer would wait for the cycle collector, and never go if the connection was
+    alive when the daemon froze its start-up objects (app.settle_heap)."""
+
+    async def main() -> None:
+        async with serving(certs) as rig:
+            client, server = await rig.pair()
+            bind(client), bind(server)
+            assert isinstance(client, TcpSession) and isinstance(server, TcpSession)
+            transports = [
+                cast(tcp_channel.TlsSocketTransport, c.transport)
+                for session in (client, server)
+                for c in [session.control, *session.data]
+            ]
+            assert all(len(t._buffer) == tcp_channel.READ_BUDGET for t in transports)
+            server.end("bye")
+            await ends_within(client, "the client session")
+            await asyncio.sleep(0.1)  # the last close callbacks
+            assert [len(t._buffer) for t in transports] == [0] * len(transports)
+
+    run(main())
+
+
 def test_closing_one_data_connection_ends_the_session(certs: dict[str, Path]) -> None:
     async def main() -> None:
         async with serving(certs) as rig:
