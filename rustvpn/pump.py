@@ -205,10 +205,11 @@ class PacketPump:
         self._busy = ()
         held, stale = self.held.take(time.monotonic())
         self.totals.dropped += stale
-        if held or stale:
-            log.info("sending %d packets read while no session was up (%d too old, dropped)", len(held), stale)
         if held:
+            log.info("sending %d packets read while no session was up (%d too old, dropped)", len(held), stale)
             self._send(held)
+        elif stale:
+            log.info("dropped %d packets read while no session was up: too old to send", stale)
 
     def detach(self) -> None:
         self._channels = ()
