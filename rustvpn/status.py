@@ -5,6 +5,10 @@ Protocol: the client sends one request line (``status`` or ``{"version": 1, "com
 and gets one JSON line back: ``{"version": 1, "ok": true, "status": {...}}`` or
 ``{"version": 1, "ok": false, "error": "..."}``. The server is rustvpn.status_server, the client
 rustvpn.status_client. The status never carries the token or key material.
+
+Within one version keys are only ever added, never removed or changed in meaning: readers ignore
+keys they do not know and show a missing one as absent (rustvpn.status_format), so a client and a
+daemon of different releases still understand each other. Anything else needs a new version.
 """
 
 from __future__ import annotations
@@ -114,6 +118,7 @@ def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: S
     now = time.monotonic()  # the clock TunnelState's timestamps come from
     peer: dict[str, Any] | None = None
     streams: list[dict[str, Any]] = []
+    datagrams: dict[str, Any] | None = None
     mtu, stream_count = config.mtu, config.stream_count
     options: list[str] = []
     if session is not None:
@@ -122,6 +127,11 @@ def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: S
         mtu, stream_count = session.params.mtu, session.params.number_of_streams
         peer = {"address": session.peer, "cn": session.peer_cn, "build_id": session.params.build_id}
         streams = [{"index": i, **channel.counters.as_dict()} for i, channel in enumerate(session.channels)]
+        # QUIC's DATAGRAM-frame path, when both peers agreed to it; not one of `channels`, and a TCP
+        # session has no such attribute at all.
+        datagram_channel = getattr(session, "datagram_channel", None)
+        if datagram_channel is not None:
+            datagrams = datagram_channel.counters.as_dict()
     endpoints = _endpoints(config)
     started = state.session_started_at
     return {
@@ -149,5 +159,6 @@ def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: S
         "last_error": state.last_error,
         "totals": state.totals.as_dict(),
         "streams": streams,
+        "datagrams": datagrams,
         "process": process_figures(),
     }

@@ -87,21 +87,24 @@ def _transfer(counters: Any) -> list[tuple[str, str]]:
     ]
 
 
-def _stream_table(streams: list[Any]) -> list[str]:
+def _counter_row(label: str, c: dict[str, Any]) -> tuple[str, ...]:
+    return (
+        label,
+        human_bytes(_int(c.get("bytes_in"))),
+        f"{_int(c.get('packets_in')):,}",
+        human_bytes(_int(c.get("bytes_out"))),
+        f"{_int(c.get('packets_out')):,}",
+        f"{_int(c.get('dropped')):,}",
+    )
+
+
+def _stream_table(streams: list[Any], datagrams: Any = None) -> list[str]:
+    """One row per data stream, then one labelled ``dgram`` for QUIC's DATAGRAM-frame path if in use."""
     header = ("stream", "received", "packets", "sent", "packets", "dropped")
-    rows = [header]
-    for s in streams:
-        if isinstance(s, dict):
-            rows.append(
-                (
-                    str(_int(s.get("index"))),
-                    human_bytes(_int(s.get("bytes_in"))),
-                    f"{_int(s.get('packets_in')):,}",
-                    human_bytes(_int(s.get("bytes_out"))),
-                    f"{_int(s.get('packets_out')):,}",
-                    f"{_int(s.get('dropped')):,}",
-                )
-            )
+    rows: list[tuple[str, ...]] = [header]
+    rows += [_counter_row(str(_int(s.get("index"))), s) for s in streams if isinstance(s, dict)]
+    if isinstance(datagrams, dict):
+        rows.append(_counter_row("dgram", datagrams))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return ["  " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
 
@@ -146,8 +149,10 @@ def format_status(status: dict[str, Any]) -> str:
     width = max(len(label) for label, _ in fields)
     lines = [header] + [f"  {label.rjust(width)}: {value}" for label, value in fields]
     streams = status.get("streams")
-    if isinstance(streams, list) and streams:
-        lines += ["", *_stream_table(streams)]
+    streams = streams if isinstance(streams, list) else []
+    datagrams = status.get("datagrams")  # a daemon of an older release does not send it
+    if streams or isinstance(datagrams, dict):
+        lines += ["", *_stream_table(streams, datagrams)]
     return "\n".join(lines)
 
 

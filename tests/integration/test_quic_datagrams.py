@@ -44,7 +44,7 @@ def transfer(hosts: NetnsPair, size: int) -> None:
 
 
 def stream_packets_out(report: dict[str, Any]) -> int:
-    return sum(int(row["packets_out"]) for row in report["streams"] if row.get("kind", "stream") == "stream")
+    return sum(int(row["packets_out"]) for row in report["streams"])
 
 
 def start(hosts: NetnsPair, tmp_path: Path, server_extra: list[str], client_extra: list[str]) -> tuple[Any, Any, Path]:
@@ -75,9 +75,11 @@ def test_datagrams_on_both_sides(hosts: NetnsPair, tmp_path: Path) -> None:
         assert totals["packets_out"] > 5000 or totals["packets_in"] > 5000, totals  # the transfer's share
         # Every packet fit a DATAGRAM frame: the data streams carried (next to) none of them.
         assert stream_packets_out(report) <= totals["packets_out"] // 100, report["streams"]
-        datagram_rows = [row for row in report["streams"] if row.get("kind") == "datagram"]
-        if datagram_rows:  # a status that lists the DATAGRAM path as a channel of its own
-            assert datagram_rows[0]["packets_out"] >= totals["packets_out"] * 99 // 100
+        # ... and the DATAGRAM path, a channel of its own in the status, carried (next to) all of them.
+        datagrams = report["datagrams"]
+        assert datagrams is not None, report
+        assert datagrams["packets_out"] >= totals["packets_out"] * 99 // 100, (datagrams, totals)
+        assert datagrams["packets_in"] >= totals["packets_in"] * 99 // 100, (datagrams, totals)
 
 
 def test_no_datagrams_on_one_side_stays_on_streams(hosts: NetnsPair, tmp_path: Path) -> None:
@@ -90,6 +92,7 @@ def test_no_datagrams_on_one_side_stays_on_streams(hosts: NetnsPair, tmp_path: P
     # All of it on the data streams, as with the reference peer.
     assert report["totals"]["packets_out"] > 1000
     assert stream_packets_out(report) == report["totals"]["packets_out"]
+    assert report["datagrams"] is None
 
 
 def test_packets_above_what_fits_take_the_streams(hosts: NetnsPair, tmp_path: Path) -> None:

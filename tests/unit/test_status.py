@@ -69,6 +69,18 @@ class FakeSession:
         ]
 
 
+# The DATAGRAM-frame channel's counters: every field distinct, so a field put in the wrong place shows.
+DATAGRAM_COUNTERS = {"packets_out": 31, "bytes_out": 40_960, "packets_in": 47, "bytes_in": 65_536, "dropped": 5}
+
+
+class FakeQuicSession(FakeSession):
+    """A QUIC session: it has a ``datagram_channel``, None unless both peers agreed to DATAGRAM frames."""
+
+    def __init__(self, datagrams: bool = True) -> None:
+        super().__init__()
+        self.datagram_channel = FakeChannel(Counters(**DATAGRAM_COUNTERS)) if datagrams else None
+
+
 def server_config(**values: Any) -> TunnelConfig:
     base = {"device": "rv-test", "mtu": 1400, "stream_count": 3, "ipv4": "10.8.0.1/24", "routes": ["192.168.50.0/24"]}
     return build_config("quic", "server", {**base, **values}, lambda k: k, check_files=False)
@@ -188,6 +200,41 @@ def test_snapshot_without_session_tcp_client() -> None:
     assert snap["server"] == {"control": "[fd00::1]:1107", "data": "[fd00::1]:1108"}
     assert snap["addresses"] == [] and snap["routes"] == []
     assert snap["state"] == "reconnecting"
+
+
+def test_snapshot_datagrams_none_without_datagram_channel() -> None:
+    config, state = server_config(), connected_state()
+    assert snapshot("office", config, TunnelState(state="listening"), None)["datagrams"] is None
+    assert office_status()["datagrams"] is None  # FakeSession has no datagram_channel, as a TCP session
+    no_dgram = snapshot("office", config, state, FakeQuicSession(datagrams=False))  # type: ignore[arg-type]
+    assert no_dgram["datagrams"] is None
+    assert len(no_dgram["streams"]) == 3
+
+
+def test_snapshot_datagram_channel_counters() -> None:
+    snap = snapshot("office", server_config(), connected_state(), FakeQuicSession())  # type: ignore[arg-type]
+    assert json.loads(json.dumps(snap)) == snap
+    assert snap["datagrams"] == DATAGRAM_COUNTERS
+    assert snap["datagrams"] is not DATAGRAM_COUNTERS
+    # The DATAGRAM path is a channel of its own, not one more stream.
+    assert [s["index"] for s in snap["streams"]] == [0, 1, 2]
+    assert snap["streams"][0]["packets_out"] == 10
+    assert TOKEN not in json.dumps(snap)
+
+
+def test_datagrams_over_the_socket(tmp_path: Path) -> None:
+    path = tmp_path / "office" / "status.sock"
+
+    def provider() -> dict[str, Any]:
+        return snapshot("office", server_config(), connected_state(), FakeQuicSession())  # type: ignore[arg-type]
+
+    async def main() -> None:
+        async with serving(path, provider):
+            got = await query(str(path))
+            assert got["datagrams"] == DATAGRAM_COUNTERS
+            assert got["version"] == STATUS_VERSION == 1  # an added key keeps the protocol version
+
+    run(main())
 
 
 def test_default_socket_path() -> None:
@@ -631,6 +678,40 @@ def test_format_status_listening_and_sparse() -> None:
     # A status from another release with fields missing or odd still prints.
     odd = format_status({"instance": "x", "state": "connected", "totals": None, "streams": [None], "mtu": "big"})
     assert odd.startswith("rustvpn@x: connected")
+
+
+def test_format_status_datagram_row() -> None:
+    snap = snapshot("office", server_config(), connected_state(), FakeQuicSession())  # type: ignore[arg-type]
+    lines = format_status(snap).splitlines()
+    table = lines[lines.index("") + 1 :]
+    assert table[0].split() == ["stream", "received", "packets", "sent", "packets", "dropped"]
+    assert [row.split()[0] for row in table[1:]] == ["0", "1", "2", "dgram"]
+    # received 64 KiB in 47 packets, sent 40 KiB in 31, 5 dropped: each value in its own column.
+    assert table[-1].split() == ["dgram", "64.00", "KiB", "47", "40.00", "KiB", "31", "5"]
+    assert len({len(row) for row in table}) == 1, "the row is aligned with the stream rows"
+
+
+def test_format_status_without_datagrams_has_no_row() -> None:
+    no_dgram = snapshot("office", server_config(), connected_state(), FakeQuicSession(datagrams=False))  # type: ignore[arg-type]
+    for status in (no_dgram, office_status()):
+        assert status["datagrams"] is None
+        text = format_status(status)
+        assert "dgram" not in text
+        assert len(text.splitlines()[text.splitlines().index("") + 1 :]) == 4
+    # A daemon of an older release sends no "datagrams" key at all.
+    old = {k: v for k, v in office_status().items() if k != "datagrams"}
+    assert "dgram" not in format_status(old)
+
+
+def test_format_status_datagram_row_odd_values() -> None:
+    # Odd values show as 0, as elsewhere; a non-dict is no row; the row shows without any streams.
+    odd = format_status({"instance": "x", "streams": [], "datagrams": {"bytes_in": "x", "packets_in": True}})
+    table = odd.splitlines()[odd.splitlines().index("") + 1 :]
+    assert table[-1].split() == ["dgram", "0", "B", "0", "0", "B", "0", "0"]
+    assert len(table) == 2
+    for value in (None, [1, 2], "datagrams", 7):
+        text = format_status({"instance": "x", "streams": None, "datagrams": value})
+        assert "dgram" not in text and "stream " not in text
 
 
 # ---------------------------------------------------------------------------------------------
