@@ -93,9 +93,11 @@ async def run_tunnel(config: TunnelConfig, instance: str = "", notifier: Notifie
         connect = make_connect(config)
 
     # TCP mode offers segmentation offload: the device then carries virtio headers, and offloads
-    # are switched on per session when the peer takes them too.
+    # are switched on per session when the peer takes them too. QUIC mode has no offload to agree
+    # on, but writes with virtio headers all the same: the packets of one TCP flow that arrive
+    # together go to the kernel as one segment (gro.py).
     offload = config.transport == "tcp" and config.offload
-    tun = TunDevice.open(config.device, vnet_hdr=offload)
+    tun = TunDevice.open(config.device, vnet_hdr=offload or config.transport == "quic")
     state = TunnelState()
     pump = PacketPump(tun, state.totals)
     status: StatusServer | None = None

@@ -23,13 +23,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from rustvpn.flow_hash import StreamSelector, echo_id
+from rustvpn.gro import coalesce
 from rustvpn.offload import MAX_OFFLOAD_FRAME, VNET_HDR_LEN, ZERO_HDR, OffloadError, is_plain, plain_packets
 from rustvpn.stats import Counters
 from rustvpn.tun import READ_SIZE, TunDevice
@@ -161,6 +163,8 @@ class PacketPump:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
         self._resume_task: asyncio.Task[None] | None = None
+        self._gathering = False
+        self._gathered: list[tuple[PacketChannel, list[bytes]]] = []
 
     def start(self) -> None:
         """Start reading the TUN device; packets that arrive with no session are held."""
@@ -220,9 +224,48 @@ class PacketPump:
         if self._loop is not None and not self._loop.is_closed():
             self._add_reader()
 
+    def gather(self) -> None:
+        """Hold the TCP packets delivered until :meth:`release`. QUIC mode brackets each batch of
+        datagrams from the socket with the two, as each datagram delivers its packets alone:
+        written together, the packets of one TCP flow in the batch go to the kernel as one
+        (gro.py)."""
+        self._gathering = True
+
+    def release(self) -> None:
+        """Write what was delivered since :meth:`gather`, in order."""
+        self._gathering = False
+        gathered, self._gathered = self._gathered, []
+        for channel, packets in gathered:
+            self._write(channel, packets)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """gather() on the way in, release() on the way out, also on an error."""
+        self.gather()
+        try:
+            yield
+        finally:
+            self.release()
+
     def deliver(self, channel: PacketChannel, packets: list[bytes]) -> None:
         """Packets from the peer: write them to the TUN device (what it refuses is dropped, as a
         router would: EAGAIN for a full queue, EINVAL for a packet or header the kernel rejects)."""
+        if self._gathering:
+            # Only TCP waits for the end of the batch (what can be merged); anything else (a ping,
+            # DNS, a UDP flow) goes at once, and so keeps its order too.
+            tcp = [p for p in packets if len(p) > 9 and (p[9] if p[0] >> 4 == 4 else p[6]) == 6]
+            if tcp:
+                gathered = self._gathered
+                if gathered and gathered[-1][0] is channel:
+                    gathered[-1][1].extend(tcp)
+                else:
+                    gathered.append((channel, tcp))
+                if len(tcp) == len(packets):
+                    return
+                packets = [p for p in packets if len(p) <= 9 or (p[9] if p[0] >> 4 == 4 else p[6]) != 6]
+        self._write(channel, packets)
+
+    def _write(self, channel: PacketChannel, packets: list[bytes]) -> None:
         fd, offload = self.tun.fd, self._offload
         written = size = 0
         if offload or not self.tun.vnet_hdr:
@@ -237,15 +280,23 @@ class PacketPump:
                 size += len(packet)
             if offload:
                 size -= VNET_HDR_LEN * written
+        elif len(packets) == 1:
+            try:
+                os.writev(fd, (ZERO_HDR, packets[0]))  # a blank header, without copying the packet
+                written, size = 1, len(packets[0])
+            except OSError:
+                pass
         else:
+            # Runs of one TCP flow go to the kernel as one segment each (gro.py): one trip through
+            # its receive path instead of one per packet.
             writev = os.writev
-            for packet in packets:
+            for buffers, count, length in coalesce(packets):
                 try:
-                    writev(fd, (ZERO_HDR, packet))  # a blank header, without copying the packet
+                    writev(fd, buffers)
                 except OSError:
                     continue
-                written += 1
-                size += len(packet)
+                written += count
+                size += length
         counters, totals = channel.counters, self.totals
         dropped = len(packets) - written
         counters.packets_in += written

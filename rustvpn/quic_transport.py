@@ -11,6 +11,7 @@ in quic_machine and quic_channel, the TLS and QUIC settings in quic_config.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -63,6 +64,7 @@ class _Link(MachineListener):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._transmit_handle: asyncio.Handle | None = None
+        self.pump: PacketPump | None = None  # the device this link's session feeds, once bound
 
     def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
         raise NotImplementedError
@@ -116,6 +118,9 @@ class _Link(MachineListener):
         """A send failed with EMSGSIZE: the path now carries at most ``size`` bytes per packet."""
         if self.machine.lower_datagram_size(size):
             self.wakeup()
+
+    def bind_pump(self, pump: PacketPump) -> None:
+        self.pump = pump
 
     # -- MachineListener ----------------------------------------------------------------------
     def wakeup(self) -> None:
@@ -174,10 +179,17 @@ class QuicSession(Session):
         return self.machine.datagram_channel
 
     def bind(self, pump: PacketPump) -> None:
+        self._link.bind_pump(pump)
         self.machine.bind(pump.deliver)
 
     def _shutdown(self) -> None:
         self._link.close("session ended")
+
+
+def _one_batch(pump: PacketPump | None) -> contextlib.AbstractContextManager[object]:
+    """Around the handling of one batch of datagrams from the socket: the TCP packets they carry
+    reach the device together, so that runs of one flow are merged (PacketPump.gather)."""
+    return pump.batch() if pump is not None else contextlib.nullcontext()
 
 
 def _with_datagram_size(configuration: QuicConfiguration, size: int) -> QuicConfiguration:
@@ -194,8 +206,9 @@ class _ClientLink(_Link):
         self.endpoint = UdpEndpoint(sock, self._datagrams_received, connected=True, on_too_big=self._too_big)
 
     def _datagrams_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
-        for data, addr in datagrams:
-            self.receive(data, addr)
+        with _one_batch(self.pump):
+            for data, addr in datagrams:
+                self.receive(data, addr)
         self.transmit()
 
     def _too_big(self, _addr: NetworkAddress) -> None:
@@ -278,6 +291,10 @@ class _ServerLink(_Link):
     def connection_id_issued(self, cid: bytes) -> None:
         self._server._links[cid] = self
 
+    def bind_pump(self, pump: PacketPump) -> None:
+        super().bind_pump(pump)
+        self._server.pump = pump
+
     def connection_id_retired(self, cid: bytes) -> None:
         self._server._links.pop(cid, None)
 
@@ -309,6 +326,7 @@ class QuicServer:
         self._links: dict[bytes, _ServerLink] = {}
         self._current: _ServerLink | None = None
         self._ready: asyncio.Queue[QuicSession] = asyncio.Queue()
+        self.pump: PacketPump | None = None  # the device sessions feed, once the first is bound
 
     @property
     def address(self) -> NetworkAddress | None:
@@ -364,7 +382,14 @@ class QuicServer:
                 link.path_too_big(path_datagram_size(addr))
 
     def _datagrams_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
-        touched: dict[_ServerLink, None] = {}  # in arrival order, each once
+        with _one_batch(self.pump):
+            touched = self._receive(datagrams)
+        for link in touched:
+            link.transmit()
+
+    def _receive(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> dict[_ServerLink, None]:
+        """Feed each datagram to its link; returns the links fed, in arrival order, each once."""
+        touched: dict[_ServerLink, None] = {}
         links = self._links
         for data, addr in datagrams:
             # A short header (the common case) carries our connection id right after its first
@@ -380,8 +405,7 @@ class QuicServer:
                 link._gone()
                 continue
             touched[link] = None
-        for link in touched:
-            link.transmit()
+        return touched
 
     def _long_header(self, data: bytes, addr: NetworkAddress) -> _ServerLink | None:
         """The link for a datagram that is not a short-header packet of a known connection."""

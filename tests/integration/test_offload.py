@@ -22,6 +22,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from rustvpn.gro import coalesce
 from rustvpn.offload import GSO_MAX_SIZE, GSO_TCPV4, GSO_TCPV6, VnetHeader, plain_packets
 from rustvpn.tun import TunDevice
 from tests.integration.netns import CLIENT_TUN4, SERVER_TUN4, NetnsPair, sh
@@ -191,3 +192,90 @@ def test_tunnel_transfer_with_and_without_agreed_offload(
     ping = hosts.run(hosts.client, "ping", "-c", "3", "-i", "0.2", "-s", "4000", "-W", "2", tun_ip(SERVER_TUN4))
     assert " 0% packet loss" in ping.stdout
     assert "Traceback" not in server.log() + client.log()
+
+
+def _far_packet(
+    version: int, src: bytes, dst: bytes, seq: int, ack: int, flags: int, payload: bytes, ip_id: int
+) -> bytes:
+    """A TCP packet from the far end (port 40000) to the local listener (port 5201), checksums valid."""
+    tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, ack, 5 << 4, flags, 65535, 0, 0)) + payload
+    if version == 4:
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), ip_id, 0x4000, 64, 6, 0, src, dst))
+        ip[10:12] = (~slow_sum(bytes(ip)) & 0xFFFF).to_bytes(2, "big")
+        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
+    else:
+        ip = bytearray(struct.pack("!IHBB16s16s", 0x60000000, len(tcp), 6, 64, src, dst))
+        pseudo = src + dst + struct.pack("!IxxxB", len(tcp), 6)
+    tcp[16:18] = (~slow_sum(pseudo + bytes(tcp)) & 0xFFFF).to_bytes(2, "big")
+    return bytes(ip + tcp)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_merged_segments_written_to_the_device_reach_a_local_socket_intact(netns: str, version: int) -> None:
+    """gro.coalesce's writes against the real kernel: a far end played here opens a connection to
+    a local listener, then sends its data as merged segments (virtio header, partial checksum).
+    The kernel must take each write whole and hand the listener the byte stream unchanged."""
+    payload = bytes((i * 7) % 251 for i in range(30 * 1360))
+    local, far = ("198.19.9.1", "198.19.9.2") if version == 4 else ("fd00:99:9::1", "fd00:99:9::2")
+    family = socket.AF_INET if version == 4 else socket.AF_INET6
+    src, dst = socket.inet_pton(family, far), socket.inet_pton(family, local)
+    prefix = 24 if version == 4 else 64
+    results: list[bytes] = []
+    counts: list[int] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            probe()
+        except BaseException as exc:
+            errors.append(exc)
+
+    def probe() -> None:
+        _in_namespace(netns)
+        tun = TunDevice.open("rvgro0", vnet_hdr=True)
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            for cmd in (
+                ["ip", "link", "set", "rvgro0", "mtu", "1500", "up"],
+                ["ip", "addr", "add", f"{local}/{prefix}", "dev", "rvgro0"] + (["nodad"] if version == 6 else []),
+            ):
+                subprocess.run(cmd, check=True)
+            listener.bind((local, 5201))
+            listener.listen(1)
+            listener.settimeout(5)
+            assert os.write(tun.fd, bytes(10) + _far_packet(version, src, dst, 9000, 0, 0x02, b"", 1))
+            while True:  # skip router solicitations and the like until the SYN-ACK
+                synack = _read(tun)[10:]
+                if _is_tcp(synack):
+                    break
+            ack = struct.unpack_from("!I", synack, ip_header_len(synack) + 4)[0] + 1
+            assert os.write(tun.fd, bytes(10) + _far_packet(version, src, dst, 9001, ack, 0x10, b"", 2))
+            conn, _ = listener.accept()
+            segments = [
+                _far_packet(version, src, dst, 9001 + i, ack, 0x18 if i + 1360 >= len(payload) else 0x10, chunk, 3 + n)
+                for n, (i, chunk) in enumerate((i, payload[i : i + 1360]) for i in range(0, len(payload), 1360))
+            ]
+            for buffers, count, _size in coalesce(segments):
+                counts.append(count)
+                os.writev(tun.fd, buffers)
+            conn.settimeout(5)
+            got = b""
+            while len(got) < len(payload):
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            results.append(got)
+            conn.close()
+        finally:
+            listener.close()
+            tun.close()
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive()
+    if errors:
+        raise errors[0]
+    assert counts == [30], "the 30 segments should have gone as one write"
+    assert results == [payload]

@@ -20,9 +20,11 @@ import pytest
 
 from rustvpn import pump as pump_module
 from rustvpn.flow_hash import StreamSelector, echo_id, flow_ports
+from rustvpn.offload import plain_packets
 from rustvpn.pump import HOLD_PACKETS, HeldPackets, PacketChannel, PacketPump
 from rustvpn.stats import Counters
 from rustvpn.tun import TunDevice
+from tests.unit.test_gro import run as tcp_run
 
 MTU = 1500
 
@@ -112,11 +114,11 @@ class Recorder(PacketChannel):
 
 
 @contextmanager
-def socket_device() -> Iterator[tuple[TunDevice, socket.socket]]:
+def socket_device(vnet_hdr: bool = False) -> Iterator[tuple[TunDevice, socket.socket]]:
     device_end, kernel_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     device_end.setblocking(False)
     kernel_end.setblocking(False)  # its queue holds a few datagrams: wait for the pump, not on it
-    tun = TunDevice("unit0", os.dup(device_end.fileno()))
+    tun = TunDevice("unit0", os.dup(device_end.fileno()), vnet_hdr)
     try:
         yield tun, kernel_end
     finally:
@@ -126,17 +128,23 @@ def socket_device() -> Iterator[tuple[TunDevice, socket.socket]]:
 
 
 def run(scenario: Callable[[PacketPump, socket.socket], Awaitable[None]]) -> Counters:
+    with socket_device() as (tun, kernel_end):
+        return run_on(tun, kernel_end, scenario)
+
+
+def run_on(
+    tun: TunDevice, kernel_end: socket.socket, scenario: Callable[[PacketPump, socket.socket], Awaitable[None]]
+) -> Counters:
     totals = Counters()
 
     async def main() -> None:
-        with socket_device() as (tun, kernel_end):
-            pump = PacketPump(tun, totals)
-            pump.start()
-            try:
-                async with asyncio.timeout(10):
-                    await scenario(pump, kernel_end)
-            finally:
-                pump.stop()
+        pump = PacketPump(tun, totals)
+        pump.start()
+        try:
+            async with asyncio.timeout(10):
+                await scenario(pump, kernel_end)
+        finally:
+            pump.stop()
 
     asyncio.run(main())
     return totals
@@ -330,6 +338,48 @@ def test_deliver_counts_what_the_device_refused() -> None:
     totals = run(scenario)
     assert (channel.counters.packets_in, channel.counters.dropped) == (0, 2)
     assert (totals.packets_in, totals.dropped) == (0, 2)
+
+
+def test_deliveries_gathered_for_a_batch_reach_the_device_together_and_in_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QUIC mode brackets each batch of datagrams with gather/release: a run of one TCP flow that
+    came one packet per delivery is written as one segment at the end; anything else at once."""
+    first, second = Recorder(), Recorder()
+    run_of_three = tcp_run(4, 3)
+    other = ping4(9)
+    got: list[bytes] = []
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach([first, second], MTU)
+        pump.gather()
+        for packet in run_of_three[:2]:
+            pump.deliver(first, [packet])
+        pump.deliver(second, [other])
+        pump.deliver(first, [run_of_three[2]])
+        got.append(kernel.recv(70000))  # the ping, at once
+        with pytest.raises(BlockingIOError):
+            kernel.recv(70000)  # the TCP packets wait for the end of the batch
+        pump.release()
+        while True:
+            try:
+                got.append(kernel.recv(70000))
+            except BlockingIOError:
+                break
+        pump.deliver(first, [other])  # outside a batch: written at once
+        got.append(kernel.recv(70000))
+
+    with socket_device(vnet_hdr=True) as (tun, kernel_end):
+        # the socket pair takes no TUNSETOFFLOAD ioctl; offload stays off here anyway
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        totals = run_on(tun, kernel_end, scenario)
+    assert len(got) == 3
+    assert plain_packets(got[0]) == [other]
+    assert plain_packets(got[1]) == run_of_three  # one write: the three as one segment
+    assert plain_packets(got[2]) == [other]
+    assert (first.counters.packets_in, second.counters.packets_in) == (4, 1)
+    assert first.counters.bytes_in == sum(map(len, run_of_three)) + len(other)
+    assert (totals.packets_in, totals.dropped) == (5, 0)
 
 
 # -- flow hashing at an offset (the virtio header in front of an offload read) --------------------

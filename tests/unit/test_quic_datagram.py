@@ -9,10 +9,12 @@ route, a loopback session) and the congestion controller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import re
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -505,6 +507,11 @@ class Collector:
     def deliver(self, channel: PacketChannel, packets: list[bytes]) -> None:
         self.packets.extend((getattr(channel, "kind", "?"), p) for p in packets)
         self.arrived.set()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """The pump holds the TCP packets of a batch of datagrams until its end; here all go at once."""
+        yield
 
     async def wait_for(self, count: int) -> None:
         async with asyncio.timeout(5):
