@@ -18,7 +18,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -67,8 +67,13 @@ def _answer(got: bytes, version: int, ack: int | None = None) -> bytes:
     else:
         tcp = bytearray(struct.pack("!HHIIBBHHH", dport, sport, 5001, ack, 5 << 4, 0x10, 65535, 0, 0))
     src, dst = (got[16:20], got[12:16]) if version == 4 else (got[24:40], got[8:24])
+    return _with_ip(version, src, dst, tcp, 1)
+
+
+def _with_ip(version: int, src: bytes, dst: bytes, tcp: bytearray, ip_id: int) -> bytes:
+    """The TCP segment behind an IP header (DF set), both checksums filled in."""
     if version == 4:
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, src, dst))
+        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), ip_id, 0x4000, 64, 6, 0, src, dst))
         ip[10:12] = (~slow_sum(bytes(ip)) & 0xFFFF).to_bytes(2, "big")
         pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
     else:
@@ -95,33 +100,48 @@ def _read(tun: TunDevice, timeout: float = 5.0) -> bytes:
     return data
 
 
-@pytest.mark.parametrize("version", [4, 6])
-def test_kernel_offloaded_segments_are_cut_into_valid_packets(netns: str, version: int) -> None:
-    payload = bytes(i % 253 for i in range(60000))
-    local, far = ("198.19.9.1", "198.19.9.2") if version == 4 else ("fd00:99:9::1", "fd00:99:9::2")
-    prefix = 24 if version == 4 else 64
-    received: list[bytes] = []
-    streamed: list[bytes] = []
-    kinds: set[int] = set()
-
+def _in_thread_in(netns: str, probe: Callable[[], None]) -> None:
+    """Run probe in a thread inside the namespace (setns applies to one thread); its error is ours."""
     errors: list[BaseException] = []
 
     def run() -> None:
         try:
+            _in_namespace(netns)
             probe()
         except BaseException as exc:
             errors.append(exc)
 
+    worker = threading.Thread(target=run)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive()
+    if errors:
+        raise errors[0]
+
+
+def _device_up(name: str, address: str, version: int, *link: str) -> None:
+    """The device up with MTU 1500 (and any other link settings) and ``address`` on it."""
+    prefix = 24 if version == 4 else 64
+    for cmd in (
+        ["ip", "link", "set", name, "mtu", "1500", *link, "up"],
+        ["ip", "addr", "add", f"{address}/{prefix}", "dev", name] + (["nodad"] if version == 6 else []),
+    ):
+        subprocess.run(cmd, check=True)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_kernel_offloaded_segments_are_cut_into_valid_packets(netns: str, version: int) -> None:
+    payload = bytes(i % 253 for i in range(60000))
+    local, far = ("198.19.9.1", "198.19.9.2") if version == 4 else ("fd00:99:9::1", "fd00:99:9::2")
+    received: list[bytes] = []
+    streamed: list[bytes] = []
+    kinds: set[int] = set()
+
     def probe() -> None:
-        _in_namespace(netns)
         tun = TunDevice.open("rvoff0", vnet_hdr=True)
         try:
             tun.set_offload(True)
-            for cmd in (
-                ["ip", "link", "set", "rvoff0", "mtu", "1500", "gso_max_size", str(GSO_MAX_SIZE), "up"],
-                ["ip", "addr", "add", f"{local}/{prefix}", "dev", "rvoff0"] + (["nodad"] if version == 6 else []),
-            ):
-                subprocess.run(cmd, check=True)
+            _device_up("rvoff0", local, version, "gso_max_size", str(GSO_MAX_SIZE))
             sock = socket.socket(socket.AF_INET if version == 4 else socket.AF_INET6, socket.SOCK_STREAM)
             sock.setblocking(False)
             with contextlib.suppress(BlockingIOError):
@@ -153,13 +173,7 @@ def test_kernel_offloaded_segments_are_cut_into_valid_packets(netns: str, versio
         finally:
             tun.close()
 
-    # setns applies to one thread: the device and socket live in a thread inside the namespace.
-    worker = threading.Thread(target=run)
-    worker.start()
-    worker.join(30)
-    assert not worker.is_alive()
-    if errors:
-        raise errors[0]
+    _in_thread_in(netns, probe)
     assert (GSO_TCPV4 if version == 4 else GSO_TCPV6) in kinds, f"the kernel sent no offloaded segment: {kinds}"
     data_packets = [p for p in received if len(p) > ip_header_len(p) + 32]
     assert data_packets and all(len(p) <= 1500 for p in received)
@@ -199,15 +213,7 @@ def _far_packet(
 ) -> bytes:
     """A TCP packet from the far end (port 40000) to the local listener (port 5201), checksums valid."""
     tcp = bytearray(struct.pack("!HHIIBBHHH", 40000, 5201, seq, ack, 5 << 4, flags, 65535, 0, 0)) + payload
-    if version == 4:
-        ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), ip_id, 0x4000, 64, 6, 0, src, dst))
-        ip[10:12] = (~slow_sum(bytes(ip)) & 0xFFFF).to_bytes(2, "big")
-        pseudo = src + dst + struct.pack("!BBH", 0, 6, len(tcp))
-    else:
-        ip = bytearray(struct.pack("!IHBB16s16s", 0x60000000, len(tcp), 6, 64, src, dst))
-        pseudo = src + dst + struct.pack("!IxxxB", len(tcp), 6)
-    tcp[16:18] = (~slow_sum(pseudo + bytes(tcp)) & 0xFFFF).to_bytes(2, "big")
-    return bytes(ip + tcp)
+    return _with_ip(version, src, dst, tcp, ip_id)
 
 
 @pytest.mark.parametrize("version", [4, 6])
@@ -219,27 +225,14 @@ def test_merged_segments_written_to_the_device_reach_a_local_socket_intact(netns
     local, far = ("198.19.9.1", "198.19.9.2") if version == 4 else ("fd00:99:9::1", "fd00:99:9::2")
     family = socket.AF_INET if version == 4 else socket.AF_INET6
     src, dst = socket.inet_pton(family, far), socket.inet_pton(family, local)
-    prefix = 24 if version == 4 else 64
     results: list[bytes] = []
     counts: list[int] = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            probe()
-        except BaseException as exc:
-            errors.append(exc)
 
     def probe() -> None:
-        _in_namespace(netns)
         tun = TunDevice.open("rvgro0", vnet_hdr=True)
         listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            for cmd in (
-                ["ip", "link", "set", "rvgro0", "mtu", "1500", "up"],
-                ["ip", "addr", "add", f"{local}/{prefix}", "dev", "rvgro0"] + (["nodad"] if version == 6 else []),
-            ):
-                subprocess.run(cmd, check=True)
+            _device_up("rvgro0", local, version)
             listener.bind((local, 5201))
             listener.listen(1)
             listener.settimeout(5)
@@ -271,11 +264,6 @@ def test_merged_segments_written_to_the_device_reach_a_local_socket_intact(netns
             listener.close()
             tun.close()
 
-    worker = threading.Thread(target=run)
-    worker.start()
-    worker.join(30)
-    assert not worker.is_alive()
-    if errors:
-        raise errors[0]
+    _in_thread_in(netns, probe)
     assert counts == [30], "the 30 segments should have gone as one write"
     assert results == [payload]
