@@ -213,7 +213,7 @@ class PacketPump:
             log.info("sending %d packets read while no session was up (%d too old, dropped)", len(held), stale)
             self._send(held)
         elif stale:
-            log.info("dropped %d packets read while no session was up: too old to send", stale)
+            log.info("dropped %d packet(s) read while no session was up: too old to send", stale)
 
     def detach(self) -> None:
         self._channels = ()
