@@ -45,6 +45,9 @@ ip netns exec "$server" "$rustvpn" tcpserver \
     --ipv4 198.19.1.1/24 --ipv6 fd00:19::1/64 --route 192.0.2.0/24 --stream-count 5 --mtu 1500 \
     --status-socket "$work/run/server/status.sock" >server.log 2>&1 &
 pids+=($!)
+# The client once the server listens (started together, its first attempt would be refused and
+# retried 2 s later).
+for _ in $(seq 50); do grep -q "data plane listening" server.log 2>/dev/null && break; sleep 0.2; done
 ip netns exec "$client" "$rustvpn" tcpclient \
     --server 198.18.0.2 --control-port 1107 --data-port 1108 \
     --device rustvpn --ca-bundle ca.pem --client-cert client.pem --client-key client.key \
