@@ -30,8 +30,8 @@ from rustvpn.offload import (
     GSO_TCPV6,
     MIN_SEGMENT,
     ZERO_HDR,
+    _pseudo_sum,
     ipv4_header_checksum,
-    ones_sum,
 )
 
 # Largest merged packet: its IPv4 total length (or IPv6 payload length) is a u16, and it must stay
@@ -163,11 +163,10 @@ def _merged(first: bytes, flags: int, hl: int, mss: int, payloads: list[memoryvi
         head[2:4] = total.to_bytes(2, "big")
         head[10:12] = b"\x00\x00"
         head[10:12] = ipv4_header_checksum(head[:20]).to_bytes(2, "big")
-        pseudo = ones_sum(bytes(head[12:20]) + (6).to_bytes(2, "big") + (total - t).to_bytes(2, "big"))
     else:
         head[4:6] = (total - 40).to_bytes(2, "big")
-        pseudo = ones_sum(bytes(head[8:40]) + (total - t).to_bytes(4, "big") + b"\x00\x00\x00\x06")
-    head[t + 16 : t + 18] = pseudo.to_bytes(2, "big")  # CHECKSUM_PARTIAL: the kernel completes it
+    # CHECKSUM_PARTIAL: the field holds the pseudo-header sum, and the kernel completes it.
+    head[t + 16 : t + 18] = _pseudo_sum(head, 4 if v4 else 6, 6, total - t).to_bytes(2, "big")
     vnet = _HDR.pack(F_NEEDS_CSUM, GSO_TCPV4 if v4 else GSO_TCPV6, hl, mss, t, 16)
     # The peer's packets: count of them, and their bytes as they were (each with its own headers).
     return [vnet, bytes(head), *payloads], count, size + count * hl
