@@ -253,16 +253,19 @@ class PacketPump:
         if self._gathering:
             # Only TCP waits for the end of the batch (what can be merged); anything else (a ping,
             # DNS, a UDP flow) goes at once, and so keeps its order too.
-            tcp = [p for p in packets if len(p) > 9 and (p[9] if p[0] >> 4 == 4 else p[6]) == 6]
+            tcp: list[bytes] = []
+            other: list[bytes] = []
+            for p in packets:
+                (tcp if len(p) > 9 and (p[9] if p[0] >> 4 == 4 else p[6]) == 6 else other).append(p)
             if tcp:
                 gathered = self._gathered
                 if gathered and gathered[-1][0] is channel:
                     gathered[-1][1].extend(tcp)
                 else:
                     gathered.append((channel, tcp))
-                if len(tcp) == len(packets):
-                    return
-                packets = [p for p in packets if len(p) <= 9 or (p[9] if p[0] >> 4 == 4 else p[6]) != 6]
+            if not other:
+                return
+            packets = other
         self._write(channel, packets)
 
     def _write(self, channel: PacketChannel, packets: list[bytes]) -> None:
