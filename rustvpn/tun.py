@@ -13,7 +13,7 @@ import socket
 import struct
 
 from rustvpn.errors import SystemSetupError
-from rustvpn.offload import VNET_HDR_LEN, ZERO_HDR
+from rustvpn.offload import VNET_HDR_LEN
 
 TUN_PATH = "/dev/net/tun"
 TUNSETIFF = 0x400454CA
@@ -79,27 +79,6 @@ class TunDevice:
             return os.read(self.fd, READ_SIZE)
         except BlockingIOError:
             return None
-
-    def write(self, packet: bytes) -> bool:
-        """Hand one packet (with its virtio header if the device has them) to the kernel; False if
-        it was dropped (queue full or rejected)."""
-        try:
-            os.write(self.fd, packet)
-            return True
-        except OSError:
-            # EAGAIN (kernel queue full) or EINVAL (not an IP packet, or a header the kernel
-            # refuses): drop it like a router would.
-            return False
-
-    def write_plain(self, packet: bytes) -> bool:
-        """Hand over one finished IP packet, whatever the device's header mode."""
-        if not self.vnet_hdr:
-            return self.write(packet)
-        try:
-            os.writev(self.fd, (ZERO_HDR, packet))  # no copy to prepend the header
-            return True
-        except OSError:
-            return False
 
     def close(self) -> None:
         if self.fd >= 0:
