@@ -91,6 +91,17 @@ def test_rss_follows_touched_memory() -> None:
     del block
 
 
+def test_heap_blocks_count_live_python_objects_not_freed_ones() -> None:
+    before = process_figures()["heap_blocks"]
+    assert isinstance(before, int) and before > 1000
+    held = [object() for _ in range(50_000)]
+    grown = process_figures()["heap_blocks"]
+    assert isinstance(grown, int) and grown - before >= 50_000
+    del held
+    after = process_figures()["heap_blocks"]
+    assert isinstance(after, int) and after - before < 5_000  # freed: gone from the count, unlike RSS
+
+
 def test_asyncio_tasks_only_inside_a_loop() -> None:
     assert process_figures()["asyncio_tasks"] is None
 
@@ -111,7 +122,7 @@ def test_asyncio_tasks_only_inside_a_loop() -> None:
 
 def test_snapshot_carries_figures_and_status_prints_them() -> None:
     snap = office_status()
-    assert set(snap["process"]) == {"asyncio_tasks", "threads", "open_fds", "rss_bytes"}
+    assert set(snap["process"]) == {"asyncio_tasks", "threads", "open_fds", "rss_bytes", "heap_blocks"}
     assert snap["process"]["asyncio_tasks"] is None  # taken outside a loop here
     text = format_status(snap)
     line = next(line for line in text.splitlines() if "process:" in line)
