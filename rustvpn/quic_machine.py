@@ -199,14 +199,21 @@ class QuicSessionMachine:
         if fast is not None and self.phase is not Phase.ENDED:
             payloads = fast.receive(data, addr, now)
             if payloads is not None:
-                if fast.acked and not self._aioquic_due:
-                    # An ACK may open the window for stream data, or have it declared lost and
-                    # queued again: aioquic has something to send only if a stream does.
-                    self._aioquic_due = any(not s.sender.buffer_is_empty for s in self.quic._streams.values())
                 if payloads:
                     self._datagram_frames(payloads)
+                if fast.acked:
+                    fast.apply_ack(now)
+                    if not self._aioquic_due:
+                        # An ACK may open the window for stream data, or have it declared lost and
+                        # queued again: aioquic has something to send only if a stream does.
+                        self._aioquic_due = any(not s.sender.buffer_is_empty for s in self.quic._streams.values())
                 return
         self._aioquic_due = True
+        space = self.quic._spaces.get(tls.Epoch.ONE_RTT)
+        if space is not None and space.ack_at is not None:
+            # An ACK the short cut held back for a lone packet (quic_fastpath.LONE_ACK_DELAY) is
+            # due as aioquic's own would be, now that a second packet has come.
+            space.ack_at = min(space.ack_at, now + self.quic._ack_delay)
         self._learn_peer(addr)
         if self._deadline is None and self.phase is Phase.HANDSHAKE:
             self._deadline = now + SETUP_STEP_TIMEOUT

@@ -20,7 +20,7 @@ import pytest
 
 from rustvpn import pump as pump_module
 from rustvpn.flow_hash import StreamSelector, echo_id, flow_ports
-from rustvpn.offload import plain_packets
+from rustvpn.offload import VNET_HDR_LEN, plain_packets
 from rustvpn.pump import HOLD_PACKETS, HeldPackets, PacketChannel, PacketPump
 from rustvpn.stats import Counters
 from rustvpn.tun import TunDevice
@@ -324,6 +324,34 @@ def test_after_writing_packets_from_the_peer_the_answer_goes_out_at_once(
         await until(lambda: channels[0].sent == [ping4(5)])
 
     totals = run(scenario)
+    assert (totals.packets_in, totals.packets_out) == (1, 1)
+
+
+@pytest.mark.parametrize(("tcp", "quiet"), [(False, True), (True, True), (False, False)])
+def test_in_a_gathered_batch_the_answer_to_a_packet_that_is_not_tcp_goes_out_at_once(
+    monkeypatch: pytest.MonkeyPatch, tcp: bool, quiet: bool
+) -> None:
+    """QUIC mode's pump is not eager, but a ping written from a batch of datagrams on a quiet
+    device has its answer read and sent from inside the delivery; TCP packets (their answers
+    are ACKs, better sent with the next batch) and a busy device wait for the next wake-up."""
+    if not quiet:
+        monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))
+    channels = [Recorder()]
+    packet, answer = (tcp_run(4, 1)[0], ping4(5)) if tcp else (ping4(4), ping4(5))
+    at_once = quiet and not tcp
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(channels, MTU)
+        kernel.send(bytes(VNET_HDR_LEN) + answer)  # the stack's answer, waiting on the device
+        with pump.batch():
+            pump.deliver(channels[0], [packet])
+            assert channels[0].sent == ([answer] if at_once else [])
+        assert plain_packets(kernel.recv(70000)) == [packet]
+        await until(lambda: channels[0].sent == [answer])
+
+    with socket_device(vnet_hdr=True) as (tun, kernel_end):
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        totals = run_on(tun, kernel_end, scenario)
     assert (totals.packets_in, totals.packets_out) == (1, 1)
 
 

@@ -15,9 +15,16 @@ import pytest
 from aioquic.tls import Epoch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from quic_helpers import CLIENT_ADDR, DATAGRAMS, SERVER_ADDR, machine_pair, tunnel_config, write_pki
+from quic_helpers import CLIENT_ADDR, DATAGRAMS, ONE_WAY_DELAY, SERVER_ADDR, machine_pair, tunnel_config, write_pki
 
-from rustvpn.quic_fastpath import DatagramFastPath, _decode_packet_number, _parse_frames
+from rustvpn.pump import PacketChannel
+from rustvpn.quic_fastpath import (
+    ANNOUNCED_MAX_ACK_DELAY,
+    LONE_ACK_DELAY,
+    DatagramFastPath,
+    _decode_packet_number,
+    _parse_frames,
+)
 from rustvpn.quic_machine import Phase, QuicSessionMachine
 
 
@@ -167,10 +174,66 @@ def test_an_owed_ack_rides_with_the_next_packet(pki: dict[str, Path]) -> None:
     server.channels[0].send_packets([packet(2)])
     [(reply, _)] = server.datagrams_to_send(wire.now)  # one packet: the reply carries the ACK
     assert server.quic._spaces[Epoch.ONE_RTT].ack_at is None
+    in_flight_at_delivery: list[int] = []
+
+    def sink(channel: PacketChannel, packets: list[bytes]) -> None:
+        in_flight_at_delivery.append(in_flight(client))
+        client_rec.sink(channel, packets)
+
+    client.bind(sink)
     client.receive_datagram(reply, SERVER_ADDR, wire.now)
     assert client_rec.on(DATAGRAMS) == [packet(2)]
+    # The reply's packet went to the device before its ACK was applied (a ping must not wait
+    # for loss recovery), and the ACK was applied before the datagram was done with.
+    assert in_flight_at_delivery[0] > 0
     assert in_flight(client) == 0
     assert server_rec.on(DATAGRAMS) == [packet(1)]
+
+
+def test_the_ack_of_a_lone_packet_waits_for_a_ride_within_the_announced_delay(pki: dict[str, Path]) -> None:
+    wire, client, server, _, server_rec = up_pair(pki)
+    wire.run(seconds=0.2)  # nothing owed
+    assert server.quic._ack_delay < LONE_ACK_DELAY < ANNOUNCED_MAX_ACK_DELAY
+    assert client.quic._loss.max_ack_delay == ANNOUNCED_MAX_ACK_DELAY  # what the server announced
+    space = server.quic._spaces[Epoch.ONE_RTT]
+    send(client, [packet(1)])
+    [(data, _)] = client.datagrams_to_send(wire.now)
+    start = wire.now
+    server.receive_datagram(data, CLIENT_ADDR, start)
+    assert server_rec.on(DATAGRAMS) == [packet(1)]
+    assert space.ack_at == pytest.approx(start + LONE_ACK_DELAY)
+    assert server.datagrams_to_send(start + 0.005) == []  # no ACK-only packet at aioquic's 1 ms
+    # Nothing to ride in: the ACK goes alone at the deadline, and the client's packet is acknowledged.
+    assert wire.run(lambda: in_flight(client) == 0, seconds=0.1)
+    assert wire.now - start == pytest.approx(LONE_ACK_DELAY + ONE_WAY_DELAY)
+
+
+def test_a_second_packet_brings_the_ack_back_within_aiquics_delay(pki: dict[str, Path]) -> None:
+    wire, client, server, _, _ = up_pair(pki)
+    wire.run(seconds=0.2)
+    space = server.quic._spaces[Epoch.ONE_RTT]
+    start = wire.now
+    for index, at in enumerate((start, start + 0.004)):
+        send(client, [packet(index)])
+        [(data, _)] = client.datagrams_to_send(at)
+        server.receive_datagram(data, CLIENT_ADDR, at)
+    assert space.ack_at == pytest.approx(start + 0.004 + server.quic._ack_delay)
+
+
+def test_a_packet_for_aioquic_brings_a_held_ack_back_within_its_delay(pki: dict[str, Path]) -> None:
+    wire, client, server, _, server_rec = up_pair(pki)
+    wire.run(seconds=0.2)
+    space = server.quic._spaces[Epoch.ONE_RTT]
+    start = wire.now
+    send(client, [packet(1)])
+    [(data, _)] = client.datagrams_to_send(start)
+    server.receive_datagram(data, CLIENT_ADDR, start)
+    assert space.ack_at == pytest.approx(start + LONE_ACK_DELAY)
+    send(client, [packet(2, 1350)])  # too big for a DATAGRAM frame: stream data, aioquic's to take
+    for data, _ in client.datagrams_to_send(start + 0.001):
+        server.receive_datagram(data, CLIENT_ADDR, start + 0.001)
+    assert server_rec.on(8) == [packet(2, 1350)]
+    assert space.ack_at is not None and space.ack_at <= start + 0.001 + server.quic._ack_delay
 
 
 def test_stream_packets_still_cross_beside_the_short_cut(pki: dict[str, Path]) -> None:
