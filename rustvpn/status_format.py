@@ -81,9 +81,9 @@ def _process(figures: dict[str, Any]) -> str:
 def _transfer(counters: Any) -> list[tuple[str, str]]:
     c = counters if isinstance(counters, dict) else {}
     return [
-        ("received", f"{human_bytes(_int(c.get('bytes_in')))}, {_int(c.get('packets_in')):,} packets"),
-        ("sent", f"{human_bytes(_int(c.get('bytes_out')))}, {_int(c.get('packets_out')):,} packets"),
-        ("dropped", f"{_int(c.get('dropped')):,} packets"),
+        ("received", f"{human_bytes(_int(c.get('bytes_in')))}, {_packets(_int(c.get('packets_in')))}"),
+        ("sent", f"{human_bytes(_int(c.get('bytes_out')))}, {_packets(_int(c.get('packets_out')))}"),
+        ("dropped", _packets(_int(c.get("dropped")))),
     ]
 
 
@@ -206,3 +206,7 @@ def status_command(names: list[str], as_json: bool, root: str = DEFAULT_RUNTIME_
         if blocks:
             print("\n\n".join(blocks))
     return code
+
+
+def _packets(count: int) -> str:
+    return f"{count:,} packet" if count == 1 else f"{count:,} packets"

@@ -662,6 +662,9 @@ def test_format_status_connected() -> None:
     # The labels are right-aligned on their colons.
     colons = {line.index(":") for line in lines[1:] if ": " in line and not line.startswith("rustvpn@")}
     assert len(colons) == 1
+    one = office_status()
+    one["totals"] = {**one["totals"], "dropped": 1, "packets_in": 1}
+    assert "dropped: 1 packet\n" in format_status(one) + "\n" and ", 1 packet\n" in format_status(one)
     table = lines[lines.index("") + 1 :]
     assert table[0].split() == ["stream", "received", "packets", "sent", "packets", "dropped"]
     assert table[1].split() == ["0", "2.00", "KiB", "20", "14.65", "KiB", "10", "1"]
