@@ -49,6 +49,10 @@ class TunnelCongestionControl(QuicCongestionControl):
         self._base_rtt_at = 0.0
         self._interval_min = math.inf
         self._interval_start = 0.0
+        # The ACK delay the peer reported in the ACK being applied, set by the short cut
+        # (quic_fastpath) before it hands the ACK to aioquic, which passes the CC its RTT sample
+        # with that delay still in it.
+        self.peer_ack_delay = 0.0
 
     def _minimum(self) -> int:
         return K_MINIMUM_WINDOW * self._max_datagram_size
@@ -86,6 +90,13 @@ class TunnelCongestionControl(QuicCongestionControl):
         self._recovery_start = -math.inf
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
+        if self.peer_ack_delay:
+            # Time the peer held its ACK back is not a queue (RFC 9002 section 5.3 takes it off
+            # the smoothed RTT likewise): above all, not the up to 23 ms a lone packet's ACK waits
+            # (quic_fastpath.LONE_ACK_DELAY), which would read as a queue on an idle tunnel and
+            # cut the window again and again. Never below the base RTT, which it would lower.
+            rtt = max(rtt - self.peer_ack_delay, min(rtt, self._base_rtt))
+            self.peer_ack_delay = 0.0
         if rtt <= self._base_rtt or now - self._base_rtt_at > BASE_RTT_WINDOW:
             self._base_rtt, self._base_rtt_at = rtt, now
         if rtt < self._interval_min:

@@ -45,6 +45,8 @@ from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import MAX_ACK_RANGES, QuicPacketSpace
 from aioquic.tls import Epoch
 
+from rustvpn.quic_congestion import TunnelCongestionControl
+
 __all__ = ["DatagramFastPath"]
 
 AEAD_TAG = 16
@@ -272,14 +274,14 @@ class DatagramFastPath:
             return
         q = self.quic
         ack_ranges, delay_encoded = ack
+        ack_delay = (delay_encoded << q._remote_ack_delay_exponent) / 1000000
         loss = q._loss
         loss.peer_completed_address_validation = True
-        loss.on_ack_received(
-            ack_rangeset=ack_ranges,
-            ack_delay=(delay_encoded << q._remote_ack_delay_exponent) / 1000000,
-            now=now,
-            space=q._spaces[Epoch.ONE_RTT],
-        )
+        if isinstance(loss._cc, TunnelCongestionControl):
+            loss._cc.peer_ack_delay = min(ack_delay, loss.max_ack_delay)
+        loss.on_ack_received(ack_rangeset=ack_ranges, ack_delay=ack_delay, now=now, space=q._spaces[Epoch.ONE_RTT])
+        if isinstance(loss._cc, TunnelCongestionControl):
+            loss._cc.peer_ack_delay = 0.0  # (no RTT sample taken: no newly acknowledged packet)
 
     @staticmethod
     def _open(crypto: object, data: bytes, pn_offset: int, expected: int) -> tuple[bytes, int, bytes]:

@@ -208,6 +208,21 @@ def test_the_ack_of_a_lone_packet_waits_for_a_ride_within_the_announced_delay(pk
     assert wire.now - start == pytest.approx(LONE_ACK_DELAY + ONE_WAY_DELAY)
 
 
+def test_held_acks_are_not_taken_for_a_queue(pki: dict[str, Path]) -> None:
+    """A ping a second: each ACK comes 23 ms late, by the peer's choice, which it reports. Were
+    that read as queueing delay, every ping would cut the congestion window, and a transfer after
+    a quiet spell would start from the minimum."""
+    wire, client, _server, _, server_rec = up_pair(pki)
+    wire.run(seconds=0.5)
+    window = client.quic._loss.congestion_window
+    for seq in range(30):
+        send(client, [packet(seq)])
+        assert wire.run(lambda: in_flight(client) == 0, seconds=1)
+        wire.run(seconds=1)
+    assert len(server_rec.on(DATAGRAMS)) == 30
+    assert client.quic._loss.congestion_window >= window  # (grown: slow start still)
+
+
 def test_a_second_packet_brings_the_ack_back_within_aiquics_delay(pki: dict[str, Path]) -> None:
     wire, client, server, _, _ = up_pair(pki)
     wire.run(seconds=0.2)
