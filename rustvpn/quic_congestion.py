@@ -50,8 +50,8 @@ class TunnelCongestionControl(QuicCongestionControl):
         self._interval_min = math.inf
         self._interval_start = 0.0
         # The ACK delay the peer reported in the ACK being applied, set by the short cut
-        # (quic_fastpath) before it hands the ACK to aioquic, which passes the CC its RTT sample
-        # with that delay still in it.
+        # (quic_fastpath) before it hands the ACK to aioquic, which passes the controller its RTT
+        # sample with that delay still in it.
         self.peer_ack_delay = 0.0
 
     def _minimum(self) -> int:
@@ -90,13 +90,14 @@ class TunnelCongestionControl(QuicCongestionControl):
         self._recovery_start = -math.inf
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:
-        if self.peer_ack_delay:
-            # Time the peer held its ACK back is not a queue (RFC 9002 section 5.3 takes it off
-            # the smoothed RTT likewise): above all, not the up to 23 ms a lone packet's ACK waits
-            # (quic_fastpath.LONE_ACK_DELAY), which would read as a queue on an idle tunnel and
-            # cut the window again and again. Never below the base RTT, which it would lower.
-            rtt = max(rtt - self.peer_ack_delay, min(rtt, self._base_rtt))
-            self.peer_ack_delay = 0.0
+        held, self.peer_ack_delay = self.peer_ack_delay, 0.0
+        if held > max(QUEUE_TARGET, self._base_rtt / 4):
+            # The peer held its ACK back longer than the queue allowed: the sample tells nothing
+            # of the queue. This is the up to 23 ms a lone packet's ACK waits for a ride
+            # (quic_fastpath.LONE_ACK_DELAY); read as a queue, it would cut the window at every
+            # ping on an idle tunnel. The usual delays (aioquic's 1 ms, plus a late timer) stay
+            # in, as they were when the target was tuned, and as RFC 9002 keeps them in min_rtt.
+            return
         if rtt <= self._base_rtt or now - self._base_rtt_at > BASE_RTT_WINDOW:
             self._base_rtt, self._base_rtt_at = rtt, now
         if rtt < self._interval_min:
