@@ -33,6 +33,7 @@ against stock aioquic peers in both directions.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -77,6 +78,12 @@ def _varint(value: int) -> bytes:
 # asks for an ACK after two ack-eliciting packets).
 ANNOUNCED_MAX_ACK_DELAY = 0.025
 LONE_ACK_DELAY = ANNOUNCED_MAX_ACK_DELAY - 0.002
+# Packets delivered by peek() and not yet taken by receive(): more means some never will be.
+MAX_EARLY = 1024
+
+# What _parse_frames finds: DATAGRAM payloads, the ACK (ranges, encoded delay) if any, and whether
+# the packet is ack-eliciting.
+_Frames = tuple[list[bytes], "tuple[RangeSet, int] | None", bool]
 
 
 class DatagramFastPath:
@@ -88,6 +95,9 @@ class DatagramFastPath:
         self.received = 0
         self.acked = False  # the last packet receive() took carried an ACK frame, not applied yet
         self._ack: tuple[Any, int] | None = None
+        # Packet numbers whose DATAGRAM frames peek() delivered ahead of their turn: receive()
+        # applies them in order without delivering them again.
+        self._delivered_early: set[int] = set()
 
     # -- sending ------------------------------------------------------------------------------
     def can_send(self) -> bool:
@@ -202,12 +212,67 @@ class DatagramFastPath:
         return buf.data
 
     # -- receiving ----------------------------------------------------------------------------
+    def peek(self, data: bytes, addr: NetworkAddress) -> list[bytes] | None:
+        """The DATAGRAM frames of a packet read ahead of its turn, to deliver now; nothing else of
+        the packet is applied (no ACK range, no ACK frame, no timer) until receive() takes it in
+        arrival order, so the peer never sees it acknowledged ahead of the packets before it.
+        None when it is not one of ours, was seen already or carries no DATAGRAM frame."""
+        opened = self._open_ours(data, addr)
+        if opened is None or not opened[2][0] or opened[1] in self._delivered_early:
+            return None
+        if len(self._delivered_early) >= MAX_EARLY:  # receive() never came for some (a closed path)
+            self._delivered_early.clear()
+        self._delivered_early.add(opened[1])
+        return opened[2][0]
+
     def receive(self, data: bytes, addr: NetworkAddress, now: float) -> list[bytes] | None:
         """Apply one UDP payload if it is a packet for the short cut.
 
-        Returns the payloads of its DATAGRAM frames (maybe none), or None when it is not one of
-        ours: aioquic's ``receive_datagram`` must then take it; nothing was changed.
+        Returns the payloads of its DATAGRAM frames (maybe none; none if peek() delivered them),
+        or None when it is not one of ours: aioquic's ``receive_datagram`` must then take it;
+        nothing was changed.
         """
+        opened = self._open_ours(data, addr)
+        if opened is None:
+            return None
+        plain_header, pn, (datagrams, ack, ack_eliciting) = opened
+        if self._delivered_early:
+            with contextlib.suppress(KeyError):
+                self._delivered_early.remove(pn)
+                datagrams = []
+        q = self.quic
+        space = q._spaces[Epoch.ONE_RTT]
+        self.acked = ack is not None
+        self._ack = ack
+        # From here on the packet is ours: apply it as aioquic's receive_datagram would, except
+        # for its ACK frame, which apply_ack() applies once the caller has delivered the packet's
+        # DATAGRAM frames: loss recovery's work must not delay a ping on its way to the device.
+        if pn > space.expected_packet_number:  # (sic: aioquic's own rule, kept identical)
+            space.expected_packet_number = pn + 1
+        if pn > q._spin_highest_pn:
+            spin = bool(plain_header[0] & 0x20)
+            q._spin_bit = not spin if q._is_client else spin
+            q._spin_highest_pn = pn
+        q._close_at = now + q._idle_timeout()
+        q._ack_eliciting_sent_since_receipt = False
+        if pn > space.largest_received_packet:
+            space.largest_received_packet = pn
+            space.largest_received_time = now
+        space.ack_queue.add(pn)
+        space.received_packets.add(pn)
+        if len(space.ack_queue) > MAX_ACK_RANGES:
+            space.ack_queue.shift()
+        if ack_eliciting:
+            if space.ack_at is None:
+                space.ack_at = now + LONE_ACK_DELAY
+            else:
+                space.ack_at = min(space.ack_at, now + q._ack_delay)
+        self.received += 1
+        return datagrams
+
+    def _open_ours(self, data: bytes, addr: NetworkAddress) -> tuple[bytes, int, _Frames] | None:
+        """Decrypt a packet for the short cut and parse its frames, changing nothing: its plain
+        header, packet number and frames, or None when aioquic must take it."""
         q = self.quic
         cid = q.host_cid
         header_size = 1 + len(cid) + PN_SEND_SIZE
@@ -237,35 +302,7 @@ class DatagramFastPath:
         parsed = _parse_frames(payload, q._configuration.max_datagram_frame_size)
         if parsed is None:
             return None
-        datagrams, ack, ack_eliciting = parsed
-        self.acked = ack is not None
-        self._ack = ack
-
-        # From here on the packet is ours: apply it as aioquic's receive_datagram would, except
-        # for its ACK frame, which apply_ack() applies once the caller has delivered the packet's
-        # DATAGRAM frames: loss recovery's work must not delay a ping on its way to the device.
-        if pn > space.expected_packet_number:  # (sic: aioquic's own rule, kept identical)
-            space.expected_packet_number = pn + 1
-        if pn > q._spin_highest_pn:
-            spin = bool(plain_header[0] & 0x20)
-            q._spin_bit = not spin if q._is_client else spin
-            q._spin_highest_pn = pn
-        q._close_at = now + q._idle_timeout()
-        q._ack_eliciting_sent_since_receipt = False
-        if pn > space.largest_received_packet:
-            space.largest_received_packet = pn
-            space.largest_received_time = now
-        space.ack_queue.add(pn)
-        space.received_packets.add(pn)
-        if len(space.ack_queue) > MAX_ACK_RANGES:
-            space.ack_queue.shift()
-        if ack_eliciting:
-            if space.ack_at is None:
-                space.ack_at = now + LONE_ACK_DELAY
-            else:
-                space.ack_at = min(space.ack_at, now + q._ack_delay)
-        self.received += 1
-        return datagrams
+        return plain_header, pn, parsed
 
     def apply_ack(self, now: float) -> None:
         """Apply the ACK frame of the last packet receive() took (see there)."""
@@ -314,9 +351,7 @@ def _decode_packet_number(truncated: int, expected: int) -> int:
     return candidate
 
 
-def _parse_frames(
-    payload: bytes, max_datagram_frame_size: int | None
-) -> tuple[list[bytes], tuple[RangeSet, int] | None, bool] | None:
+def _parse_frames(payload: bytes, max_datagram_frame_size: int | None) -> _Frames | None:
     """The DATAGRAM payloads, the ACK (ranges, encoded delay) if any, and whether the packet is
     ack-eliciting; None if the packet holds any other frame or is malformed (aioquic's concern)."""
     buf = Buffer(data=payload)

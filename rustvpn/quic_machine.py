@@ -220,6 +220,20 @@ class QuicSessionMachine:
         self.quic.receive_datagram(data, addr, now)
         self._process(now)
 
+    def receive_early(self, data: bytes, addr: NetworkAddress, now: float) -> bool:
+        """A datagram read ahead of its turn (quic_udp.READ_AHEAD): deliver its DATAGRAM frames
+        now if it is a packet of the short cut; receive_datagram() applies the rest of it in
+        arrival order later. Whether anything was delivered."""
+        fast = self.fast_path
+        if fast is None or self.phase is not Phase.UP:
+            return False
+        payloads = fast.peek(data, addr)
+        if not payloads:
+            return False
+        self._now = now
+        self._datagram_frames(payloads)
+        return True
+
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
         self._now = now
         out: list[tuple[bytes, NetworkAddress]] = []

@@ -74,6 +74,11 @@ class _Link(MachineListener):
         self.peer_addr = addr
         self.machine.receive_datagram(data, addr, self._loop.time())
 
+    def receive_early(self, data: bytes, addr: NetworkAddress) -> bool:
+        """Deliver what a datagram read ahead of its turn carries, if it can go now (see
+        QuicSessionMachine.receive_early); it is fed to :meth:`receive` in its turn as well."""
+        return self.machine.receive_early(data, addr, self._loop.time())
+
     def transmit(self) -> None:
         if self._transmit_handle is not None:
             self._transmit_handle.cancel()
@@ -203,13 +208,23 @@ class _ClientLink(_Link):
     def __init__(self, quic: QuicConnection, config: TunnelConfig, peer: str, sock: socket.socket) -> None:
         _Link.__init__(self, quic, config, peer)
         self.result: asyncio.Future[QuicSession] = self._loop.create_future()
-        self.endpoint = UdpEndpoint(sock, self._datagrams_received, connected=True, on_too_big=self._too_big)
+        self.endpoint = UdpEndpoint(
+            sock, self._datagrams_received, connected=True, on_too_big=self._too_big, on_early=self._early_received
+        )
 
     def _datagrams_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
         with _one_batch(self.pump):
             for data, addr in datagrams:
                 self.receive(data, addr)
         self.transmit()
+
+    def _early_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        delivered = False
+        with _one_batch(self.pump):
+            for data, addr in datagrams:
+                delivered |= self.receive_early(data, addr)
+        if delivered:
+            self.transmit()  # an answer the device gave at once (a ping's reply)
 
     def _too_big(self, _addr: NetworkAddress) -> None:
         mtu = connected_mtu(self.endpoint.sock)
@@ -345,7 +360,9 @@ class QuicServer:
             sock = open_udp_socket(family, (host, port), dual_stack=ip.version == 6 and ip.is_unspecified)
         except OSError as exc:
             raise SystemSetupError(f"cannot listen for QUIC on {host}:{port}: {describe_error(exc)}") from None
-        self._endpoint = UdpEndpoint(sock, self._datagrams_received, on_too_big=self._too_big)
+        self._endpoint = UdpEndpoint(
+            sock, self._datagrams_received, on_too_big=self._too_big, on_early=self._early_received
+        )
         assert self.address is not None
         log.info("QUIC listening on %s (UDP)", describe_address(self.address))
 
@@ -386,6 +403,18 @@ class QuicServer:
             touched = self._receive(datagrams)
         for link in touched:
             link.transmit()
+
+    def _early_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        """Short datagrams read ahead: those of known connections deliver what they carry now."""
+        delivered: dict[_ServerLink, None] = {}
+        links = self._links
+        with _one_batch(self.pump):
+            for data, addr in datagrams:
+                link = links.get(data[1 : 1 + CONNECTION_ID_LENGTH]) if data and not data[0] & 0x80 else None
+                if link is not None and link.receive_early(data, addr):
+                    delivered[link] = None
+        for link in delivered:
+            link.transmit()  # an answer the device gave at once (a ping's reply)
 
     def _receive(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> dict[_ServerLink, None]:
         """Feed each datagram to its link; returns the links fed, in arrival order, each once."""

@@ -49,6 +49,9 @@ from rustvpn.quic_machine import CLOSE_PROTOCOL, Phase, QuicSessionMachine
 from rustvpn.quic_transport import QuicClient, QuicServer
 from rustvpn.quic_udp import (
     MAX_DATAGRAM_SIZE,
+    MAX_READ_BATCH,
+    READ_AHEAD,
+    SHORT_DATAGRAM,
     UdpEndpoint,
     gso_batches,
     open_udp_socket,
@@ -486,6 +489,42 @@ def test_udp_endpoint_keeps_datagram_boundaries_and_order() -> None:
         finally:
             sender.close()
             receiver.close()
+
+    asyncio.run(main())
+
+
+def test_udp_endpoint_shows_short_datagrams_read_ahead_early_and_hands_all_over_in_order() -> None:
+    """Datagrams already queued in the socket (as under load): the short ones behind the first
+    batch go to on_early at once, each once; on_datagrams still gets every datagram in arrival
+    order, in batches of MAX_READ_BATCH (single datagrams here: no GRO)."""
+
+    async def main() -> None:
+        batches: list[list[bytes]] = []
+        early: list[list[bytes]] = []
+        done = asyncio.Event()
+        receiver_sock = open_udp_socket(socket.AF_INET, ("127.0.0.1", 0))
+        long_ones = [i.to_bytes(2, "big") * 600 for i in range(100)]
+        short_ones = [b"ping %d" % i for i in range(3)]
+        sent = short_ones[:1] + long_ones[:40] + short_ones[1:2] + long_ones[40:90] + short_ones[2:] + long_ones[90:]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as plain:  # one datagram per send
+            for data in sent:
+                plain.sendto(data, receiver_sock.getsockname())
+
+        def received(datagrams: list[tuple[bytes, Any]]) -> None:
+            batches.append([data for data, _ in datagrams])
+            if sum(map(len, batches)) >= len(sent):
+                done.set()
+
+        receiver = UdpEndpoint(receiver_sock, received, on_early=lambda d: early.append([data for data, _ in d]))
+        try:
+            async with asyncio.timeout(5):
+                await done.wait()
+        finally:
+            receiver.close()
+        assert len(sent) < READ_AHEAD and all(len(d) <= SHORT_DATAGRAM < len(b) for d in short_ones for b in long_ones)
+        assert early == [short_ones[1:]]  # the first is in the first batch: not early
+        assert [data for batch in batches for data in batch] == sent
+        assert {len(batch) for batch in batches[:-1]} == {MAX_READ_BATCH}
 
     asyncio.run(main())
 

@@ -296,3 +296,51 @@ def test_the_short_cut_is_a_no_op_before_the_session_can_use_it(pki: dict[str, P
     fast = DatagramFastPath(client.quic)
     assert not fast.can_send() and fast.flush(0.0) == []
     assert wire.run(lambda: client.phase is Phase.UP and server.phase is Phase.UP)
+
+
+def test_a_packet_read_ahead_is_delivered_early_and_acknowledged_in_its_turn(pki: dict[str, Path]) -> None:
+    """quic_udp.READ_AHEAD: a short packet behind a queue delivers its DATAGRAM frame at once
+    (receive_early), but the rest of it (its ACK range) waits for its turn, so the peer never sees
+    it acknowledged ahead of the packets before it (it would declare those lost); in its turn it
+    is not delivered again."""
+    _, client, server, _, server_rec = up_pair(pki)
+    space = server.quic._spaces[Epoch.ONE_RTT]
+    send(client, [packet(i, 1000) for i in range(1, 5)])
+    queued: list[bytes] = []
+    for step in range(10):  # as the pacer lets them go
+        queued += [data for data, _ in client.datagrams_to_send(1.0 + step / 1000)]
+    send(client, [packet(99, 84)])
+    [(ping, _)] = client.datagrams_to_send(1.01)  # the server gets it behind the others
+    assert len(queued) == 4 and len(ping) < 160
+
+    acked_before = list(space.ack_queue)
+    assert server.receive_early(ping, CLIENT_ADDR, 1.001)
+    assert server_rec.on(DATAGRAMS) == [packet(99, 84)]
+    assert list(space.ack_queue) == acked_before and space.ack_at is None  # nothing of it applied yet
+    assert not server.receive_early(ping, CLIENT_ADDR, 1.001)  # shown twice: delivered once
+
+    for data in [*queued, ping]:
+        server.receive_datagram(data, CLIENT_ADDR, 1.002)
+    assert server_rec.on(DATAGRAMS) == [packet(99, 84)] + [packet(i, 1000) for i in range(1, 5)]
+    assert list(space.ack_queue)[-1].stop - list(space.ack_queue)[-1].start >= 5  # no gap
+    server.receive_datagram(ping, CLIENT_ADDR, 1.003)  # a replay later: dropped
+    assert not server.receive_early(ping, CLIENT_ADDR, 1.003)
+    assert len(server_rec.on(DATAGRAMS)) == 5
+
+
+def test_only_the_short_cuts_packets_are_delivered_early(pki: dict[str, Path]) -> None:
+    """A packet the short cut does not take (damaged, another address, stream data) is left to
+    its turn, as is everything before the session is up."""
+    _, client, server, _, server_rec = up_pair(pki)
+    send(client, [packet(1, 84)])
+    [(data, _)] = client.datagrams_to_send(1.0)
+    damaged = bytearray(data)
+    damaged[-1] ^= 1
+    assert not server.receive_early(bytes(damaged), CLIENT_ADDR, 1.0)
+    assert not server.receive_early(data, ("198.18.0.99", 40000), 1.0)
+    server.channels[0].send_packets([packet(2, 1500)])  # too big for a DATAGRAM frame: stream data
+    stream_packets = [d for d, _ in server.datagrams_to_send(1.0)]
+    assert stream_packets and not any(client.receive_early(d, SERVER_ADDR, 1.0) for d in stream_packets)
+    assert server_rec.on(DATAGRAMS) == []
+    server.fast_path = None
+    assert not server.receive_early(data, CLIENT_ADDR, 1.0)
