@@ -248,7 +248,9 @@ class UdpEndpoint:
         ahead, early_seen = self._ahead, self._on_early is not None
         early: Datagrams = []
         recvmsg, ancbufsize = self.sock.recvmsg, self._ancbufsize
-        while self._ahead_count < READ_AHEAD:
+        for _ in range(READ_AHEAD):  # bounded also when every read fails
+            if self._ahead_count >= READ_AHEAD:
+                break
             try:
                 data, ancdata, _flags, addr = recvmsg(RECV_SIZE, ancbufsize)
             except (BlockingIOError, InterruptedError):
