@@ -98,6 +98,20 @@ def echo_id(packet: bytes | bytearray | memoryview, start: int = 0) -> int:
     return -1
 
 
+def is_echo_request(packet: bytes | bytearray | memoryview) -> bool:
+    """Whether a packet is an ICMP or ICMPv6 echo request (IPv6 without extension headers), which
+    the receiving kernel answers at once, inside the write that delivers it."""
+    size = len(packet)
+    if size < 28:
+        return False
+    first = packet[0]
+    if first >> 4 == 4:
+        header = (first & 0x0F) * 4
+        first_fragment = not (packet[6] << 8 | packet[7]) & 0x1FFF
+        return packet[9] == 1 and 20 <= header <= size - 8 and first_fragment and packet[header] == 8
+    return first >> 4 == 6 and size >= 48 and packet[6] == 58 and packet[40] == 128
+
+
 class StreamSelector:
     """Picks the stream index for each packet: port hash, else round-robin."""
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 import pytest
 
 from rustvpn import pump as pump_module
-from rustvpn.flow_hash import StreamSelector, echo_id, flow_ports
+from rustvpn.flow_hash import StreamSelector, echo_id, flow_ports, is_echo_request
 from rustvpn.offload import VNET_HDR_LEN, plain_packets
 from rustvpn.pump import HOLD_PACKETS, HeldPackets, PacketChannel, PacketPump
 from rustvpn.stats import Counters
@@ -327,19 +327,23 @@ def test_after_writing_packets_from_the_peer_the_answer_goes_out_at_once(
     assert (totals.packets_in, totals.packets_out) == (1, 1)
 
 
-@pytest.mark.parametrize(("tcp", "quiet"), [(False, True), (True, True), (False, False)])
+@pytest.mark.parametrize(
+    ("kind", "quiet"), [("udp", True), ("tcp", True), ("udp", False), ("ping", True), ("ping", False)]
+)
 def test_in_a_gathered_batch_the_answer_to_a_packet_that_is_not_tcp_goes_out_at_once(
-    monkeypatch: pytest.MonkeyPatch, tcp: bool, quiet: bool
+    monkeypatch: pytest.MonkeyPatch, kind: str, quiet: bool
 ) -> None:
-    """QUIC mode's pump is not eager, but a ping written from a batch of datagrams on a quiet
-    device has its answer read and sent at the end of the batch, with no event loop iteration in
-    between; TCP packets (their answers are ACKs, better sent with the next batch) and a busy
-    device wait for the next wake-up."""
+    """QUIC mode's pump is not eager, but a packet other than TCP written from a batch of
+    datagrams on a quiet device has its answer read and sent at the end of the batch, with no
+    event loop iteration in between; TCP packets (their answers are ACKs, better sent with the
+    next batch) and a busy device wait for the next wake-up. A ping's reply goes at once even in
+    a stream of reads: the kernel has queued it inside the write."""
     if not quiet:
         monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))
     channels = [Recorder()]
-    packet, answer = (tcp_run(4, 1)[0], ping4(5)) if tcp else (ping4(4), ping4(5))
-    at_once = quiet and not tcp
+    packet = {"tcp": tcp_run(4, 1)[0], "udp": udp4(53, 4000, b"answer me"), "ping": ping4(4)}[kind]
+    answer = ping4(5, kind=0)
+    at_once = kind == "ping" or (quiet and kind != "tcp")
 
     async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
         pump.attach(channels, MTU)
@@ -360,7 +364,7 @@ def test_in_a_gathered_batch_the_answer_to_a_packet_that_is_not_tcp_goes_out_at_
 def test_a_gathered_batch_reads_one_answer_however_many_packets_it_wrote(monkeypatch: pytest.MonkeyPatch) -> None:
     """Once per batch, not per packet: a UDP flood from the peer costs one read a batch."""
     channels = [Recorder()]
-    answers = [ping4(20), ping4(21)]
+    answers = [udp4(4000, 53, b"a"), udp4(4000, 53, b"b")]
 
     async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
         pump.attach(channels, MTU)
@@ -368,7 +372,7 @@ def test_a_gathered_batch_reads_one_answer_however_many_packets_it_wrote(monkeyp
             kernel.send(bytes(VNET_HDR_LEN) + answer)
         with pump.batch():
             for seq in range(3):
-                pump.deliver(channels[0], [ping4(seq)])
+                pump.deliver(channels[0], [udp4(53, 4000, bytes([seq]))])
         assert channels[0].sent == answers[:1]  # the second waits for the next wake-up
         await until(lambda: channels[0].sent == answers)
 
@@ -376,6 +380,49 @@ def test_a_gathered_batch_reads_one_answer_however_many_packets_it_wrote(monkeyp
         monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
         totals = run_on(tun, kernel_end, scenario)
     assert (totals.packets_in, totals.packets_out) == (3, 2)
+
+
+def test_a_ping_in_a_gathered_batch_has_the_device_read_whole_behind_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under load the reply to a ping queues behind what the local stack sent before it (ACKs of
+    a bulk flow): the pump reads all of that at the end of the batch, in a stream of reads too,
+    rather than the reply waiting for the next turn of the event loop."""
+    monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))
+    channels = [Recorder()]
+    before = [udp4(4000 + i, 53) for i in range(5)]
+    reply = ping4(3, kind=0)
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(channels, MTU)
+        for packet in [*before, reply]:
+            kernel.send(bytes(VNET_HDR_LEN) + packet)
+        with pump.batch():
+            pump.deliver(channels[0], [*tcp_run(4, 2), ping4(3)])
+        assert channels[0].sent == [*before, reply]  # read and sent before the batch returned
+
+    with socket_device(vnet_hdr=True) as (tun, kernel_end):
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        run_on(tun, kernel_end, scenario)
+
+
+def test_short_batches_go_to_their_channels_before_bulk() -> None:
+    """A ping read behind a bulk flow's packets is handed over before that flow's batch is, so
+    it does not wait while the bulk is encrypted; each flow keeps its own order."""
+    channels = [Recorder() for _ in range(3)]
+    order: list[int] = []
+    for index, channel in enumerate(channels):
+        channel.on_send = lambda i=index: order.append(i)  # type: ignore[misc]
+    bulk = [udp4(5000, 6000, bytes([i])) for i in range(6)]
+    bulk_channel = StreamSelector(3).flow(bulk[0])
+    ping = ping4(1, ident=(bulk_channel + 1) % 3)
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(channels, MTU)  # not eager: the burst is read in one batch
+        await put(kernel, *bulk[:3], ping, *bulk[3:])
+        await until(lambda: len(sent(channels)) == len(bulk) + 1)
+
+    run(scenario)
+    assert order == [(bulk_channel + 1) % 3, bulk_channel]
+    assert channels[bulk_channel].sent == bulk
 
 
 def test_deliver_counts_what_the_device_refused() -> None:
@@ -451,6 +498,25 @@ def test_echo_id_finds_pings_only(start: int) -> None:
     rng = random.Random(3)
     for _ in range(2000):  # garbage never raises
         echo_id(pad + bytes([rng.choice((0x45, 0x46, 0x4F, 0x60))]) + rng.randbytes(rng.randrange(60)), start)
+
+
+def test_is_echo_request_finds_ping_requests_only() -> None:
+    assert is_echo_request(ping4(1))
+    assert not is_echo_request(ping4(1, kind=0))  # a reply
+    assert not is_echo_request(ping4(1, kind=3))
+    assert not is_echo_request(udp4(1, 2, bytes(20)))
+    later_fragment = bytearray(ping4(1))
+    later_fragment[7] = 0x10  # offset 16 bytes: what follows the header is not an ICMP header
+    assert not is_echo_request(bytes(later_fragment))
+    first_fragment = bytearray(ping4(1))
+    first_fragment[6] = 0x20  # more fragments, offset 0: the request's head
+    assert is_echo_request(bytes(first_fragment))
+    icmp6 = struct.pack("!IHBB", 6 << 28, 8, 58, 64) + bytes(32) + struct.pack("!BBHHH", 128, 0, 0, 99, 1)
+    assert is_echo_request(icmp6)
+    assert not is_echo_request(icmp6[:40] + bytes([129]) + icmp6[41:])  # an ICMPv6 reply
+    rng = random.Random(5)
+    for _ in range(2000):  # garbage never raises
+        is_echo_request(bytes([rng.choice((0x45, 0x46, 0x4F, 0x60))]) + rng.randbytes(rng.randrange(60)))
 
 
 @pytest.mark.parametrize("start", [0, 10])
