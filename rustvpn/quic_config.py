@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rustvpn.errors import ConfigError, PeerRejected, describe_error
 from rustvpn.quic_congestion import CONGESTION_CONTROL as TUNNEL_CONGESTION_CONTROL
+from rustvpn.quic_congestion import TunnelPacer
 from rustvpn.settings import TunnelConfig
 from rustvpn.tls import printable, require_cn
 
@@ -84,13 +85,15 @@ class _ClientCertContext(tls.Context):
 
 
 class _TunnelConnection(QuicConnection):
-    """A QuicConnection with the reference's stream limit and, as a server, mutual TLS."""
+    """A QuicConnection with the reference's stream limit, our pacer and, as a server, mutual TLS."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         # Not configurable in aioquic (fixed at 128); must be set before the transport
         # parameters are serialized in _initialize.
         self._local_max_streams_bidi.value = self._local_max_streams_bidi.sent = MAX_BIDI_STREAMS
+        # aioquic makes its own pacer, which wakes a busy sender every packet (quic_congestion).
+        self._loss._pacer = TunnelPacer(max_datagram_size=self._max_datagram_size)
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)

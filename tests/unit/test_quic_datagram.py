@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.tls import Epoch
 from quic_helpers import (
     DATAGRAMS,
@@ -42,7 +43,10 @@ from rustvpn.quic_congestion import (
     GROWTH_SHARE,
     INTERVAL,
     LOSS_REDUCTION,
+    MIN_PACING_GAP,
+    PACING_BURST,
     TunnelCongestionControl,
+    TunnelPacer,
 )
 from rustvpn.quic_datagram import OVERLOAD_QUEUED, DatagramChannel, datagram_room, jumps_the_queue
 from rustvpn.quic_machine import CLOSE_PROTOCOL, Phase, QuicSessionMachine
@@ -653,3 +657,43 @@ def test_congestion_control_reduces_once_per_round_of_losses() -> None:
     assert cc.congestion_window == window + 1200  # one packet more per 64 acknowledged
     cc.on_persistent_congestion()
     assert cc.congestion_window == 2 * 1200
+
+
+def test_the_pacer_sends_in_bursts_of_a_millisecond_at_the_same_average_rate() -> None:
+    """At 500 Mbit/s aioquic's pacer would wake the sender every packet (23 us) once its 16-packet
+    bucket is spent; ours waits at least MIN_PACING_GAP and then has that much sending time saved,
+    so each wake-up sends a GSO batch. Over time the rate is the pacing rate all the same."""
+    size, window, rtt = 1442, 1442 * 400, 0.009  # 400 packets per 9 ms: about 512 Mbit/s
+    stock, ours = QuicPacketPacer(max_datagram_size=size), TunnelPacer(max_datagram_size=size)
+
+    def run(pacer: QuicPacketPacer, seconds: float) -> tuple[int, int]:
+        """Send whenever the pacer allows; returns packets sent and wake-ups."""
+        pacer.update_rate(congestion_window=window, smoothed_rtt=rtt)
+        now, sent, wakeups = 0.0, 0, 0
+        while now < seconds:
+            wakeups += 1
+            while (at := pacer.next_send_time(now=now)) is None:
+                pacer.update_after_send(now=now)
+                sent += 1
+            now = at
+        return sent, wakeups
+
+    stock_sent, stock_wakeups = run(stock, 0.1)
+    ours_sent, ours_wakeups = run(ours, 0.1)
+    nominal = 0.1 * window / rtt / size  # packets in 0.1 s at the pacing rate
+    assert stock.packet_time is not None and stock.packet_time < 0.00003
+    assert ours_wakeups <= 0.1 / MIN_PACING_GAP + 1 < stock_wakeups / 10
+    assert nominal <= ours_sent <= nominal * 1.1 <= stock_sent  # (aioquic's rounds up more)
+    assert ours_sent / ours_wakeups >= PACING_BURST / 2 / stock.packet_time  # bursts of ~0.5 ms
+
+
+def test_the_pacer_changes_nothing_on_a_slow_path() -> None:
+    """At a few Mbit/s a packet's time exceeds the floor: one packet per wake-up, as aioquic's."""
+    ours = TunnelPacer(max_datagram_size=1200)
+    ours.update_rate(congestion_window=12000, smoothed_rtt=0.05)  # 10 packets per 50 ms
+    assert ours.packet_time is not None and ours.packet_time > MIN_PACING_GAP
+    now = 0.0
+    while ours.next_send_time(now=now) is None:  # the initial bucket
+        ours.update_after_send(now=now)
+    at = ours.next_send_time(now=now)
+    assert at is not None and at == pytest.approx(now + ours.packet_time)
