@@ -136,6 +136,9 @@ class Result:
     mbit_p4: float | None = None
     rtt_p50_ms: float | None = None  # idle, median: the figure shown (robust to a stray slow reply)
     rtt_avg_ms: float | None = None  # idle, average
+    # CPU time (on-CPU, from schedstat, kernel work included) each endpoint spent per idle ping
+    idle_cpu_us_client: float | None = None
+    idle_cpu_us_server: float | None = None
     load_rtt_p50_ms: float | None = None
     load_rtt_p99_ms: float | None = None
     load_ping_loss_pct: float | None = None
@@ -387,7 +390,11 @@ class Harness:
         iperf_srv = self.spawn(SERVER_NS, iperf_argv, self.logs / f"{v.key}-iperf3.log")
         self.wait_listening(iperf_port, "tcp", iperf_srv, "iperf3 server")
         addr = v.server_ip
+        on_cpu = {end: cpu_ns(p.pid) for end, p in ends.items()}
         self.ping_idle(addr, res)
+        if ends:
+            per_ping = {end: (cpu_ns(p.pid) - on_cpu[end]) / 1000 / self.timing.idle_pings for end, p in ends.items()}
+            res.idle_cpu_us_client, res.idle_cpu_us_server = per_ping["client"], per_ping["server"]
 
         before = {end: cpu_seconds(p.pid) for end, p in ends.items()}
         res.mbit_fwd, nbytes = tcp_rate(self.iperf(addr, iperf_port, [], t.tcp_s, res, "fwd"))
@@ -552,6 +559,19 @@ def cpu_seconds(pid: int) -> float:
     return total / CLK_TCK
 
 
+def cpu_ns(pid: int) -> int:
+    """Time on a CPU (all threads) of pid and its descendants, in nanoseconds: schedstat's first
+    field, which unlike stat's clock ticks resolves the fraction of a millisecond a ping costs."""
+    total = 0
+    for p in process_tree(pid):
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
 def peak_rss_mb(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     m = re.search(r"^VmHWM:\s+(\d+) kB", text, re.M)
@@ -705,14 +725,20 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         "",
         "## Latency and start-up",
         "",
-        "| variant | idle RTT p50 ms | RTT p50 under load ms | RTT p99 under load ms | ping loss under load % "
-        "| Mbit/s during load | start to first ping s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| variant | idle RTT p50 ms | CPU us per idle ping (client / server) | RTT p50 under load ms "
+        "| RTT p99 under load ms | ping loss under load % | Mbit/s during load | start to first ping s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
+        idle_cpu = (
+            f"{r.idle_cpu_us_client:.0f} / {r.idle_cpu_us_server:.0f}"
+            if r.idle_cpu_us_client is not None and r.idle_cpu_us_server is not None
+            else "-"
+        )
         lines.append(
-            f"| {r.label} | {fmt(r.rtt_p50_ms, 3)} | {fmt(r.load_rtt_p50_ms, 3)} | {fmt(r.load_rtt_p99_ms, 3)} "
-            f"| {fmt(r.load_ping_loss_pct)} | {fmt(r.load_mbit)} | {fmt(r.start_to_ping_s, 2)} |"
+            f"| {r.label} | {fmt(r.rtt_p50_ms, 3)} | {idle_cpu} | {fmt(r.load_rtt_p50_ms, 3)} "
+            f"| {fmt(r.load_rtt_p99_ms, 3)} | {fmt(r.load_ping_loss_pct)} | {fmt(r.load_mbit)} "
+            f"| {fmt(r.start_to_ping_s, 2)} |"
         )
     lines += [
         "",
@@ -745,6 +771,9 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         "(sent rates are in results.json).",
         "- Start to first ping: from starting the tunnel client (server already listening) to the first ping "
         "reply through the tunnel.",
+        "- CPU per idle ping: each endpoint's time on a CPU (/proc/PID/task/*/schedstat, kernel work in its "
+        "context included) over the idle pings, divided by their number: what one round trip costs each end "
+        "when the machine is otherwise idle.",
     ]
     if chart:
         lines += ["", f"![results]({chart})"]
