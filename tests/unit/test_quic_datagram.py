@@ -697,3 +697,17 @@ def test_the_pacer_changes_nothing_on_a_slow_path() -> None:
         ours.update_after_send(now=now)
     at = ours.next_send_time(now=now)
     assert at is not None and at == pytest.approx(now + ours.packet_time)
+
+
+def test_both_ends_pace_with_the_tunnel_pacer(pki: dict[str, Path]) -> None:
+    """aioquic makes its own pacer for every connection: ours must be the one in use, with its
+    bucket once the first RTT samples have set a rate."""
+    wire, client, server, _, server_rec = up_pair(pki)
+    for i in range(20):
+        client.datagram_channel.take([bytes([0x45]) + bytes(19) + i.to_bytes(2, "big") * 100])  # type: ignore[union-attr]
+        wire.step()
+    assert wire.run(lambda: len(server_rec.packets) == 20, seconds=1)
+    for machine in (client, server):
+        pacer = machine.quic._loss._pacer
+        assert isinstance(pacer, TunnelPacer)
+        assert pacer.packet_time is not None and pacer.bucket_max >= PACING_BURST
