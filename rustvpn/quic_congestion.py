@@ -61,11 +61,8 @@ class TunnelPacer(QuicPacketPacer):
     (quic_config), since aioquic makes its own."""
 
     def next_send_time(self, now: float) -> float | None:  # type: ignore[override]
-        if self.packet_time is not None:
-            self.update_bucket(now=now)
-            if self.bucket_time <= 0:
-                return now + max(self.packet_time, MIN_PACING_GAP)
-        return None
+        at: float | None = super().next_send_time(now)  # (aioquic returns None for "send now")
+        return None if at is None else max(at, now + MIN_PACING_GAP)
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         super().update_rate(congestion_window, smoothed_rtt)

@@ -659,7 +659,7 @@ def test_congestion_control_reduces_once_per_round_of_losses() -> None:
     assert cc.congestion_window == 2 * 1200
 
 
-def test_the_pacer_sends_in_bursts_of_a_millisecond_at_the_same_average_rate() -> None:
+def test_the_pacer_sends_in_bursts_of_half_a_millisecond_at_the_pacing_rate() -> None:
     """At 500 Mbit/s aioquic's pacer would wake the sender every packet (23 us) once its 16-packet
     bucket is spent; ours waits at least MIN_PACING_GAP and then has that much sending time saved,
     so each wake-up sends a GSO batch. Over time the rate is the pacing rate all the same."""
