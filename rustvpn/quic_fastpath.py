@@ -40,6 +40,7 @@ from typing import Any
 from aioquic._buffer import Buffer, BufferReadError
 from aioquic._crypto import CryptoError
 from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnectionState
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import QuicPacketType, pull_ack_frame, push_ack_frame
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.rangeset import RangeSet
@@ -98,37 +99,97 @@ class DatagramFastPath:
         # Packet numbers whose DATAGRAM frames peek() delivered ahead of their turn: receive()
         # applies them in order without delivering them again.
         self._delivered_early: set[int] = set()
+        # The 1-RTT keys and packet space, once the handshake is over for good (see _steady): the
+        # same objects for the rest of the connection, and looking them up by Epoch costs a
+        # Python-level Enum.__hash__ each time.
+        self._pair: CryptoPair | None = None
+        self._space: QuicPacketSpace | None = None
+
+    def _steady(self) -> bool:
+        """Whether the handshake is over for good: confirmed, its Initial and Handshake packet
+        spaces discarded (nothing can change in them again) and no 0-RTT keys left; aioquic then
+        only ever uses the 1-RTT space. Once true, it stays true."""
+        if self._space is not None:
+            return True
+        q = self.quic
+        if (
+            not q._handshake_confirmed
+            or not q._loss.handshake_confirmed
+            or q._quic_logger is not None
+            or not all(space.discarded for epoch, space in q._spaces.items() if epoch is not Epoch.ONE_RTT)
+            or q._cryptos[Epoch.ZERO_RTT].recv.is_valid()
+        ):
+            return False
+        self._pair = q._cryptos[Epoch.ONE_RTT]
+        self._space = q._spaces[Epoch.ONE_RTT]
+        return True
+
+    def timer(self) -> float | None:
+        """What aioquic's ``get_timer()`` returns (and its side effect on ``_loss_at``, which its
+        handle_timer reads), in the steady state: the earliest of the idle deadline, the ACK timer,
+        the loss detection timer and the pacing timer of the one packet space left. None when
+        not steady, or the path is not validated: ask aioquic. The driver asks after every
+        batch; aioquic's version walks every packet space through several calls."""
+        q = self.quic
+        if self._space is None and not self._steady():
+            return None
+        space = self._space
+        assert space is not None
+        # Not while closing, nor on a path being validated (anti-amplification and validation
+        # timers apply there).
+        if q._state is not QuicConnectionState.CONNECTED or not q._network_paths[0].is_validated:
+            return None
+        timer_at = q._close_at
+        if timer_at is None:  # (set from the first packet on)
+            return None
+        if space.ack_at is not None and space.ack_at < timer_at:
+            timer_at = space.ack_at
+        loss = q._loss
+        loss_at = space.loss_time
+        if loss_at is None and (space.ack_eliciting_in_flight or not loss.peer_completed_address_validation):
+            pto = loss.get_probe_timeout(include_max_ack_delay=True) * (2**loss._pto_count)
+            loss_at = loss._time_of_last_sent_ack_eliciting_packet + pto
+        q._loss_at = loss_at
+        if loss_at is not None and loss_at < timer_at:
+            timer_at = loss_at
+        if q._pacing_at is not None and q._pacing_at < timer_at:
+            timer_at = q._pacing_at
+        return timer_at
 
     # -- sending ------------------------------------------------------------------------------
     def can_send(self) -> bool:
         """Whether flush() may send now (else aioquic's own sending must take the frames)."""
-        q = self.quic
-        crypto = q._cryptos[Epoch.ONE_RTT]
+        if self._pair is None and not self._steady():
+            return False
+        q, pair = self.quic, self._pair
+        assert pair is not None
         return (
             q._state is QuicConnectionState.CONNECTED
-            and q._handshake_confirmed
             and not q._close_pending
-            and q._quic_logger is None
-            and crypto.send.is_valid()
-            and not crypto._update_key_requested  # aioquic switches keys in its own encrypt
+            and pair.send.is_valid()
+            and not pair._update_key_requested  # aioquic switches keys in its own encrypt
             and q._network_paths[0].is_validated
         )
 
-    def flush(self, now: float) -> list[bytes]:
+    def flush(self, now: float) -> list[bytes] | None:
         """Send the DATAGRAM frames queued in aioquic, as far as congestion control and pacing let.
 
-        Returns the UDP payloads to send to the current peer address. Frames left queued (window
-        full, pacing, or a frame too big for any packet) stay for aioquic's own sending, which
-        keeps their order. An ACK that is owed rides in the first packet (aioquic would send it
-        alone when its ACK timer fires).
+        Returns the UDP payloads to send to the current peer address, or None when frames are
+        queued and the short cut cannot send now (see can_send): aioquic's own sending must
+        take them. Frames left queued (window full, pacing, or a frame too big for any packet)
+        stay for aioquic's own sending, which keeps their order. An ACK that is owed rides in
+        the first packet (aioquic would send it alone when its ACK timer fires).
         """
         q = self.quic
         pending = q._datagrams_pending
-        if not pending or not self.can_send():
+        if not pending:
             return []
-        pair = q._cryptos[Epoch.ONE_RTT]
+        if not self.can_send():
+            return None
+        pair, space = self._pair, self._space
+        assert pair is not None and space is not None
         crypto = pair.send
-        loss, space, path = q._loss, q._spaces[Epoch.ONE_RTT], q._network_paths[0]
+        loss, path = q._loss, q._network_paths[0]
         pacer = loss._pacer
         peer_cid = q._peer_cid.cid
         header_size = 1 + len(peer_cid) + PN_SEND_SIZE
@@ -240,8 +301,8 @@ class DatagramFastPath:
             with contextlib.suppress(KeyError):
                 self._delivered_early.remove(pn)
                 datagrams = []
-        q = self.quic
-        space = q._spaces[Epoch.ONE_RTT]
+        q, space = self.quic, self._space
+        assert space is not None  # (_open_ours found the connection steady)
         self.acked = ack is not None
         self._ack = ack
         # From here on the packet is ours: apply it as aioquic's receive_datagram would, except
@@ -282,17 +343,17 @@ class DatagramFastPath:
             or data[1 : 1 + len(cid)] != cid
             or q._state is not QuicConnectionState.CONNECTED
             or q._close_pending
-            or not q._handshake_confirmed
-            or q._quic_logger is not None
+            or (self._pair is None and not self._steady())
         ):
             return None
         path = q._network_paths[0]
         if path.addr != addr or not path.is_validated:
             return None
-        crypto = q._cryptos[Epoch.ONE_RTT].recv
-        if crypto.aead is None or (not q._is_client and q._cryptos[Epoch.ZERO_RTT].recv.is_valid()):
-            return None  # (a server's first 1-RTT packet: aioquic then discards the 0-RTT keys)
-        space = q._spaces[Epoch.ONE_RTT]
+        pair, space = self._pair, self._space
+        assert pair is not None and space is not None
+        crypto = pair.recv
+        if crypto.aead is None:
+            return None
         try:
             plain_header, pn, payload = self._open(crypto, data, 1 + len(cid), space.expected_packet_number)
         except (CryptoError, _NotOurs):
@@ -316,7 +377,8 @@ class DatagramFastPath:
         loss.peer_completed_address_validation = True
         if isinstance(loss._cc, TunnelCongestionControl):
             loss._cc.peer_ack_delay = min(ack_delay, loss.max_ack_delay)
-        loss.on_ack_received(ack_rangeset=ack_ranges, ack_delay=ack_delay, now=now, space=q._spaces[Epoch.ONE_RTT])
+        assert self._space is not None  # (receive() took the packet)
+        loss.on_ack_received(ack_rangeset=ack_ranges, ack_delay=ack_delay, now=now, space=self._space)
         if isinstance(loss._cc, TunnelCongestionControl):
             loss._cc.peer_ack_delay = 0.0  # (no RTT sample taken: no newly acknowledged packet)
 

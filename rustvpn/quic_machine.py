@@ -238,9 +238,10 @@ class QuicSessionMachine:
         self._now = now
         out: list[tuple[bytes, NetworkAddress]] = []
         fast = self.fast_path
-        if fast is not None and self.quic._datagrams_pending:
-            out = self._to_peer(fast.flush(now))
-        if self._aioquic_due or fast is None or (self.quic._datagrams_pending and not fast.can_send()):
+        sent = fast.flush(now) if fast is not None else None
+        if sent:
+            out = self._to_peer(sent)
+        if self._aioquic_due or sent is None:
             self._aioquic_due = False
             out += self.quic.datagrams_to_send(now)
         if self._deferred_close is not None:
@@ -260,11 +261,11 @@ class QuicSessionMachine:
         """Send the DATAGRAM frames just queued, through the short cut, without waiting for
         ``datagrams_to_send``; what cannot go now is left to it (the driver's wakeup follows)."""
         self._now = now
-        fast = self.fast_path
-        if fast is None or not fast.can_send():
+        sent = self.fast_path.flush(now) if self.fast_path is not None else None
+        if sent is None:
             self._wake()
             return []
-        return self._to_peer(fast.flush(now))
+        return self._to_peer(sent)
 
     def _to_peer(self, datagrams: list[bytes]) -> list[tuple[bytes, NetworkAddress]]:
         """The short cut's packets, addressed as aioquic addresses its own: to the current path."""
@@ -275,14 +276,19 @@ class QuicSessionMachine:
         self._aioquic_due = True
         self.listener.wakeup()
 
+    def _quic_timer(self) -> float | None:
+        fast = self.fast_path
+        at = fast.timer() if fast is not None else None
+        return self.quic.get_timer() if at is None else at
+
     def get_timer(self) -> float | None:
-        times = [t for t in (self.quic.get_timer(), self._deadline, self._next_keepalive) if t is not None]
+        times = [t for t in (self._quic_timer(), self._deadline, self._next_keepalive) if t is not None]
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> None:
         self._now = now
         self._aioquic_due = True
-        quic_at = self.quic.get_timer()
+        quic_at = self._quic_timer()
         if quic_at is not None and now >= quic_at:
             self.quic.handle_timer(now)
             self._process(now)

@@ -344,3 +344,65 @@ def test_only_the_short_cuts_packets_are_delivered_early(pki: dict[str, Path]) -
     assert server_rec.on(DATAGRAMS) == []
     server.fast_path = None
     assert not server.receive_early(data, CLIENT_ADDR, 1.0)
+
+
+def test_the_short_cuts_timer_is_aioquics_in_every_state_it_covers(pki: dict[str, Path]) -> None:
+    """DatagramFastPath.timer() stands in for aioquic's get_timer() once the handshake is over:
+    both must give the same deadline, and leave the same loss deadline behind for handle_timer,
+    with ACKs owed, packets in flight, losses pending, pacing holding packets back and probes
+    backed off."""
+    wire, client, server, _, server_rec = up_pair(pki)
+    seen: set[str] = set()
+
+    def check() -> None:
+        for machine in (client, server):
+            fast, quic = machine.fast_path, machine.quic
+            assert fast is not None
+            ours = fast.timer()
+            assert ours is not None  # steady from the moment the session is up
+            our_loss_at = quic._loss_at
+            assert ours == quic.get_timer()
+            assert our_loss_at == quic._loss_at
+            space = quic._spaces[Epoch.ONE_RTT]
+            seen.update(
+                name
+                for name, present in (
+                    ("ack owed", space.ack_at is not None),
+                    ("in flight", space.ack_eliciting_in_flight > 0),
+                    ("loss time", space.loss_time is not None),
+                    ("pacing", quic._pacing_at is not None and quic._pacing_at >= wire.now),
+                    ("probe backoff", quic._loss._pto_count > 0),
+                )
+                if present
+            )
+
+    def drop_the_first_of_a_few(datagrams: list[bytes]) -> list[bytes]:
+        return datagrams[1:] if 2 <= len(datagrams) <= 4 else datagrams
+
+    check()
+    seq = 0
+    for round_ in range(30):
+        burst = 200 if round_ % 10 == 0 else 2  # a burst the pacer spreads out, or a pair
+        send(client, [packet(seq + i, 1200) for i in range(burst)])
+        seq += burst
+        server.channels[0].send_packets([packet(10_000 + round_)])
+        wire.client_filter = drop_the_first_of_a_few if round_ % 3 == 1 else None
+        wire.cut = round_ == 20  # a dead link for a while: probes back off
+        for _ in range(6):
+            wire.step()
+            check()
+            wire.now += 0.004
+            for machine in (client, server):
+                at = machine.get_timer()
+                if at is not None and at <= wire.now:
+                    machine.handle_timer(wire.now)
+                    check()
+        if round_ == 20:
+            wire.run(seconds=0.5)  # the probe timer fires (into the cut link) and backs off
+            check()
+    wire.cut = False
+    wire.client_filter = None
+    assert wire.run(lambda: in_flight(client) == 0 and in_flight(server) == 0, seconds=5)
+    check()
+    assert seen == {"ack owed", "in flight", "loss time", "pacing", "probe backoff"}
+    assert server_rec.packets and client.phase is Phase.UP and server.phase is Phase.UP
