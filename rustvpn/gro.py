@@ -28,6 +28,7 @@ from rustvpn.offload import (
     F_NEEDS_CSUM,
     GSO_TCPV4,
     GSO_TCPV6,
+    GSO_UDP_L4,
     MIN_SEGMENT,
     ZERO_HDR,
     _pseudo_sum,
@@ -66,9 +67,39 @@ def _layout(version: int, hdr: int) -> struct.Struct:
 Write = tuple[list[bytes | memoryview], int, int]
 
 
-def coalesce(packets: list[bytes]) -> list[Write]:
-    """The TUN writes for ``packets``, in order, with runs of one TCP flow merged."""
+# The same for a UDP header behind the IP header: version.. (2 or 4 bytes), IPv4 total / IPv6
+# payload length, DF..protocol or next header and hop limit, addresses and ports, UDP length. The
+# IP id and both checksums are skipped.
+_UDP_LAYOUTS = {4: struct.Struct("!2sH2x4s2x12sH2x"), 6: struct.Struct("!4sH2s36sH2x")}
+
+
+def udp_mergeable(p: bytes) -> bool:
+    """Whether a packet is UDP that a run of one flow could carry: IPv4 without options, with DF
+    and not a fragment, or IPv6 without extension headers; a payload of at least MIN_SEGMENT."""
+    n = len(p)
+    if n >= 28 + MIN_SEGMENT and p[0] == 0x45:
+        return p[9] == 17 and p[6] == 0x40 and p[7] == 0
+    return n >= 48 + MIN_SEGMENT and p[0] >> 4 == 6 and p[6] == 17
+
+
+def coalesce(packets: list[bytes], *, udp: bool = True) -> list[Write]:
+    """The TUN writes for ``packets``, in order, with runs of one TCP flow merged, and with
+    ``udp`` runs of one UDP flow too (UDP GSO: Linux 6.2 and later take it on a TUN write).
+
+    A UDP run is what UDP GSO would have made of one large send: consecutive datagrams of one
+    flow (same addresses, ports, TOS or traffic class, TTL or hop limit), each with the first one's
+    payload size except maybe the last, which ends the run. The kernel cuts the write back into
+    exactly those datagrams for a socket that does not take GSO batches itself.
+    """
     writes: list[Write] = []
+    # The open UDP run, if any: its first packet, IP header length, payload size, the header
+    # fields every datagram must share, and its payloads and their bytes so far.
+    ugrouping = False
+    ufirst = b""
+    ut = usize = utotal = uextra = 0
+    ulayout = _UDP_LAYOUTS[4]
+    ufixed: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+    upayloads: list[memoryview] = []
     # The open group, if any: its first packet, header length, MSS, the sequence number that
     # continues it, and its payloads and their bytes so far.
     grouping = False
@@ -86,6 +117,26 @@ def coalesce(packets: list[bytes]) -> list[Write]:
     extra = 0
     for p in packets:
         n = len(p)
+        if ugrouping:
+            if n > ut + 8:
+                ua, total, ub, uc, ulen = ulayout.unpack_from(p)
+                length = n - ut - 8
+                if (
+                    length <= usize
+                    and (ua, ub, uc) == ufixed
+                    and total + uextra == n
+                    and ulen == n - ut
+                    and len(upayloads) < MAX_SEGMENTS
+                    and utotal + length <= MAX_MERGED
+                ):
+                    upayloads.append(memoryview(p)[ut + 8 :])
+                    utotal += length
+                    if length < usize:  # a shorter datagram ends the run
+                        writes.append(_merged_udp(ufirst, ut, usize, upayloads, utotal))
+                        ugrouping = False
+                    continue
+            writes.append(_merged_udp(ufirst, ut, usize, upayloads, utotal))
+            ugrouping = False
         if grouping and n > hl:
             a, total, b, c, seq, mid, e = layout.unpack_from(p)
             length = n - hl
@@ -106,6 +157,20 @@ def coalesce(packets: list[bytes]) -> list[Write]:
                     grouping = False
                 continue
         v = p[0] >> 4 if n else 0
+        if udp and udp_mergeable(p):
+            if grouping:
+                writes.append(_merged(first, _ACK, hl, mss, payloads, size))
+                grouping = False
+            ut, uextra = (20, 0) if v == 4 else (40, 40)
+            ulayout = _UDP_LAYOUTS[v]
+            ua, total, ub, uc, ulen = ulayout.unpack_from(p)
+            if total + uextra != n or ulen != n - ut:  # lengths that do not add up: alone
+                writes.append(([ZERO_HDR, p], 1, n))
+                continue
+            ugrouping, ufirst, ufixed = True, p, (ua, ub, uc)
+            usize = utotal = n - ut - 8
+            upayloads = [memoryview(p)[ut + 8 :]]
+            continue
         # Is this a TCP packet GRO would merge, and what must its group have in common?
         if v == 4 and n > 40 and p[0] == 0x45 and p[9] == 6 and p[6] == 0x40 and p[7] == 0:
             t, doff = 20, (p[32] >> 4) * 4
@@ -146,7 +211,14 @@ def coalesce(packets: list[bytes]) -> list[Write]:
         size = length
     if grouping:
         writes.append(_merged(first, _ACK, hl, mss, payloads, size))
+    if ugrouping:
+        writes.append(_merged_udp(ufirst, ut, usize, upayloads, utotal))
     return writes
+
+
+def is_udp_merge(write: Write) -> bool:
+    """Whether a write is a merged UDP run (which a kernel before 6.2 refuses with EINVAL)."""
+    return write[1] > 1 and write[0][0][1] == GSO_UDP_L4
 
 
 def _merged(first: bytes, flags: int, hl: int, mss: int, payloads: list[memoryview], size: int) -> Write:
@@ -170,3 +242,25 @@ def _merged(first: bytes, flags: int, hl: int, mss: int, payloads: list[memoryvi
     vnet = _HDR.pack(F_NEEDS_CSUM, GSO_TCPV4 if v4 else GSO_TCPV6, hl, mss, t, 16)
     # The peer's packets: count of them, and their bytes as they were (each with its own headers).
     return [vnet, bytes(head), *payloads], count, size + count * hl
+
+
+def _merged_udp(first: bytes, t: int, size: int, payloads: list[memoryview], total_payload: int) -> Write:
+    """One write for a UDP run: ``first``'s headers with the run's lengths, then all payloads."""
+    count = len(payloads)
+    if count == 1:
+        return [ZERO_HDR, first], 1, len(first)
+    hl = t + 8
+    total = hl + total_payload
+    head = bytearray(first[:hl])
+    if t == 20:
+        head[2:4] = total.to_bytes(2, "big")
+        head[10:12] = b"\x00\x00"
+        head[10:12] = ipv4_header_checksum(head[:20]).to_bytes(2, "big")
+    else:
+        head[4:6] = (total - 40).to_bytes(2, "big")
+    udp_len = total - t
+    head[t + 4 : t + 6] = udp_len.to_bytes(2, "big")
+    # CHECKSUM_PARTIAL over the whole run's length: UDP GSO swaps in each datagram's own length.
+    head[t + 6 : t + 8] = _pseudo_sum(head, 4 if t == 20 else 6, 17, udp_len).to_bytes(2, "big")
+    vnet = _HDR.pack(F_NEEDS_CSUM, GSO_UDP_L4, hl, size, t, 6)
+    return [vnet, bytes(head), *payloads], count, total_payload + count * hl

@@ -75,6 +75,8 @@ def plain_packets(data: bytes) -> list[bytes]:
         return [bytes(packet)]
     if gso in (GSO_TCPV4, GSO_TCPV6):
         return segment_tcp(packet, hdr.gso_size)
+    if gso == GSO_UDP_L4:
+        return segment_udp(packet, hdr.gso_size)
     raise OffloadError(f"unsupported GSO type {hdr.gso_type}")
 
 
@@ -172,5 +174,44 @@ def segment_tcp(packet: bytes | bytearray, mss: int) -> list[bytes]:
         seg[ip_len + 16 : ip_len + 18] = b"\x00\x00"
         csum = ~ones_sum(memoryview(seg)[ip_len:], _pseudo_sum(seg, version, 6, segment_tcp_len)) & 0xFFFF
         seg[ip_len + 16 : ip_len + 18] = csum.to_bytes(2, "big")
+        segments.append(bytes(seg))
+    return segments
+
+
+# -- UDP segmentation -------------------------------------------------------------------------------
+
+
+def segment_udp(packet: bytes | bytearray, size: int) -> list[bytes]:
+    """Cut one oversized UDP/IP packet into datagrams of ``size`` payload bytes (the last may be
+    shorter), as UDP GSO does: each with the original's headers, its own lengths (and IPv4 id and
+    header checksum) and a full UDP checksum."""
+    if size < MIN_SEGMENT:
+        raise OffloadError(f"segment size {size} is below {MIN_SEGMENT}")
+    version = packet[0] >> 4 if packet else 0
+    if version == 4 and len(packet) >= 28 and packet[0] == 0x45 and packet[9] == 17:
+        ip_len = 20
+    elif version == 6 and len(packet) >= 48 and packet[6] == 17:
+        ip_len = 40
+    else:
+        raise OffloadError("UDP segmentation offload on a packet that is not plain UDP over IPv4 or IPv6")
+    headers = ip_len + 8
+    payload = memoryview(packet)[headers:]
+    ip_id = int.from_bytes(packet[4:6], "big") if version == 4 else 0
+    segments: list[bytes] = []
+    for i in range(max(1, -(-len(payload) // size))):
+        seg = bytearray(packet[:headers])
+        seg += payload[i * size : (i + 1) * size]
+        udp_len = len(seg) - ip_len
+        if version == 4:
+            seg[2:4] = len(seg).to_bytes(2, "big")
+            seg[4:6] = ((ip_id + i) & 0xFFFF).to_bytes(2, "big")
+            seg[10:12] = b"\x00\x00"
+            seg[10:12] = ipv4_header_checksum(seg[:ip_len]).to_bytes(2, "big")
+        else:
+            seg[4:6] = udp_len.to_bytes(2, "big")
+        seg[ip_len + 4 : ip_len + 6] = udp_len.to_bytes(2, "big")
+        seg[ip_len + 6 : ip_len + 8] = b"\x00\x00"
+        csum = ~ones_sum(memoryview(seg)[ip_len:], _pseudo_sum(seg, version, 17, udp_len)) & 0xFFFF
+        seg[ip_len + 6 : ip_len + 8] = (csum or 0xFFFF).to_bytes(2, "big")  # 0 means "no checksum"
         segments.append(bytes(seg))
     return segments

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 from rustvpn.flow_hash import StreamSelector, echo_id, is_echo_request
-from rustvpn.gro import coalesce
+from rustvpn.gro import coalesce, is_udp_merge
 from rustvpn.offload import MAX_OFFLOAD_FRAME, VNET_HDR_LEN, ZERO_HDR, OffloadError, is_plain, plain_packets
 from rustvpn.stats import Counters
 from rustvpn.tun import READ_SIZE, TunDevice
@@ -171,6 +172,7 @@ class PacketPump:
         self._gathered: list[tuple[PacketChannel, list[bytes]]] = []
         self._answer_due = False  # a packet other than TCP was written in the gathered batch
         self._ping_due = False  # of which an ICMP echo request
+        self._merge_udp = True  # runs of a UDP flow merged into one write (until the kernel refuses)
 
     def start(self) -> None:
         """Start reading the TUN device; packets that arrive with no session are held."""
@@ -273,22 +275,33 @@ class PacketPump:
         """Packets from the peer: write them to the TUN device (what it refuses is dropped, as a
         router would: EAGAIN for a full queue, EINVAL for a packet or header the kernel rejects)."""
         if self._gathering:
-            # Only TCP waits for the end of the batch (what can be merged); anything else (a ping,
-            # DNS, a UDP flow) goes at once, and so keeps its order too.
-            tcp: list[bytes] = []
+            # Only TCP and UDP wait for the end of the batch (what can be merged: runs of one flow
+            # go to the kernel as one write); anything else (a ping) goes at once. Each flow keeps
+            # its order: all its packets take the same way.
+            merge: list[bytes] = []
             other: list[bytes] = []
+            udp = False
             for p in packets:
-                (tcp if len(p) > 9 and (p[9] if p[0] >> 4 == 4 else p[6]) == 6 else other).append(p)
-            if other and not self._ping_due:
-                self._ping_due = any(map(is_echo_request, other))
-            if tcp:
+                proto = (p[9] if p[0] >> 4 == 4 else p[6]) if len(p) > 9 else 0
+                if proto == 6:
+                    merge.append(p)
+                elif proto == 17:
+                    merge.append(p)
+                    udp = True
+                else:
+                    other.append(p)
+            if udp:
+                self._answer_due = True  # (DNS to this host: the answer is read after the write)
+            if merge:
                 gathered = self._gathered
                 if gathered and gathered[-1][0] is channel:
-                    gathered[-1][1].extend(tcp)
+                    gathered[-1][1].extend(merge)
                 else:
-                    gathered.append((channel, tcp))
+                    gathered.append((channel, merge))
             if not other:
                 return
+            if not self._ping_due:
+                self._ping_due = any(map(is_echo_request, other))
             self._write(channel, other)
             self._answer_due = True
             return
@@ -316,14 +329,22 @@ class PacketPump:
             except OSError:
                 pass
         else:
-            # Runs of one TCP flow go to the kernel as one segment each (gro.py): one trip through
-            # its receive path instead of one per packet.
+            # Runs of one TCP or UDP flow go to the kernel as one segment each (gro.py): one trip
+            # through its receive path instead of one per packet.
             writev = os.writev
-            for buffers, count, length in coalesce(packets):
+            at = 0  # the first of packets that this write carries
+            for one in coalesce(packets, udp=self._merge_udp):
+                buffers, count, length = one
                 try:
                     writev(fd, buffers)
-                except OSError:
+                except OSError as exc:
+                    if exc.errno == errno.EINVAL and is_udp_merge(one):
+                        w, n = self._udp_merge_refused(packets[at : at + count], exc)
+                        written += w
+                        size += n
+                    at += count
                     continue
+                at += count
                 written += count
                 size += length
         counters, totals = channel.counters, self.totals
@@ -336,6 +357,22 @@ class PacketPump:
         totals.dropped += dropped
         if self._eager and written:
             self._read_answer()
+
+    def _udp_merge_refused(self, packets: list[bytes], exc: OSError) -> tuple[int, int]:
+        """A kernel before 6.2 takes no UDP GSO on a TUN write: write the run's datagrams one by
+        one, and merge no UDP on this device from now on. The packets and bytes written."""
+        if self._merge_udp:
+            self._merge_udp = False
+            log.info("%s refused a merged UDP write (%s): UDP packets go one per write", self.tun.name, exc.strerror)
+        written = size = 0
+        for packet in packets:
+            try:
+                os.writev(self.tun.fd, (ZERO_HDR, packet))
+            except OSError:
+                continue
+            written += 1
+            size += len(packet)
+        return written, size
 
     def _read_answer(self) -> None:
         """Read what the stack answered to packets just written, unless in a stream of reads."""

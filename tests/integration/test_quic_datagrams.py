@@ -9,6 +9,7 @@ The tests in test_tunnel.py run QUIC with the defaults too, so they cross this p
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,42 @@ def test_packets_above_what_fits_take_the_streams(hosts: NetnsPair, tmp_path: Pa
     after = status(hosts, hosts.client, runtime, "cli")
     assert after["totals"]["packets_out"] >= before["totals"]["packets_out"] + 5
     assert stream_packets_out(after) == stream_packets_out(before)
+
+
+UDP_BURST = str(Path(__file__).with_name("udp_burst.py"))
+
+
+def tun_rx_packets(hosts: NetnsPair, netns: str) -> int:
+    """What the kernel counts as written to the server's TUN device: one per write."""
+    return int(hosts.run(netns, "cat", "/sys/class/net/rustvpn/statistics/rx_packets").stdout)
+
+
+@pytest.mark.parametrize("address", [SERVER_TUN4, SERVER_TUN6])
+def test_a_udp_burst_reaches_the_device_in_merged_writes_and_intact(
+    hosts: NetnsPair, tmp_path: Path, address: str
+) -> None:
+    """Datagrams of one UDP flow that arrive in one batch go to the TUN device as one UDP GSO
+    write, which the kernel cuts back into the datagrams the peer sent: all intact, in order, in
+    fewer writes than datagrams."""
+    start(hosts, tmp_path, [], [])
+    count, size, target = 3000, 1200, tun_ip(address)
+    before = tun_rx_packets(hosts, hosts.server)
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", hosts.server, sys.executable, UDP_BURST, "recv", target, "5301", str(count), str(size)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert receiver.stdout is not None
+        assert receiver.stdout.readline().strip() == "listening"
+        hosts.run(hosts.client, sys.executable, UDP_BURST, "send", target, "5301", str(count), str(size))
+        result = json.loads(receiver.stdout.readline())
+        assert receiver.wait(30) == 0
+    finally:
+        receiver.kill()
+    writes = tun_rx_packets(hosts, hosts.server) - before
+    assert result["bad"] == 0 and result["in_order"], result
+    # A burst faster than the tunnel loses some on the way (the client's device queue is full);
+    # what came, came whole.
+    assert result["received"] >= count // 10, result
+    assert writes <= result["received"] * 3 // 4, (writes, result)

@@ -19,6 +19,7 @@ from rustvpn.offload import (
     GSO_NONE,
     GSO_TCPV4,
     GSO_TCPV6,
+    GSO_UDP,
     GSO_UDP_L4,
     VNET_HDR_LEN,
     ZERO_HDR,
@@ -45,10 +46,10 @@ def slow_sum(data: bytes) -> int:
     return total
 
 
-def pseudo(packet: bytes, tcp_len: int) -> bytes:
+def pseudo(packet: bytes, tcp_len: int, proto: int = 6) -> bytes:
     if packet[0] >> 4 == 4:
-        return packet[12:20] + struct.pack("!BBH", 0, 6, tcp_len)
-    return packet[8:40] + struct.pack("!IxxxB", tcp_len, 6)
+        return packet[12:20] + struct.pack("!BBH", 0, proto, tcp_len)
+    return packet[8:40] + struct.pack("!IxxxB", tcp_len, proto)
 
 
 def ip_header_len(packet: bytes) -> int:
@@ -144,6 +145,11 @@ def test_checksum_position_outside_the_packet_is_refused() -> None:
 
 def test_unsupported_gso_type_is_refused() -> None:
     with pytest.raises(OffloadError, match="GSO type"):
+        plain_packets(header(F_NEEDS_CSUM, GSO_UDP, 28, 1000, 20, 6) + tcp_packet(4, b"u" * 3000))  # (UFO)
+
+
+def test_udp_segmentation_of_a_packet_that_is_not_udp_is_refused() -> None:
+    with pytest.raises(OffloadError, match="not plain UDP"):
         plain_packets(header(F_NEEDS_CSUM, GSO_UDP_L4, 28, 1000, 20, 6) + tcp_packet(4, b"u" * 3000))
 
 

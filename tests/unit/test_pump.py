@@ -9,6 +9,7 @@ from its end come back one packet each, as from a TUN fd, and no root is needed.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import random
 import socket
@@ -25,6 +26,7 @@ from rustvpn.pump import HOLD_PACKETS, HeldPackets, PacketChannel, PacketPump
 from rustvpn.stats import Counters
 from rustvpn.tun import TunDevice
 from tests.unit.test_gro import run as tcp_run
+from tests.unit.test_gro import udp_run
 
 MTU = 1500
 
@@ -478,6 +480,77 @@ def test_deliveries_gathered_for_a_batch_reach_the_device_together_and_in_order(
     assert (first.counters.packets_in, second.counters.packets_in) == (4, 1)
     assert first.counters.bytes_in == sum(map(len, run_of_three)) + len(other)
     assert (totals.packets_in, totals.dropped) == (5, 0)
+
+
+def drain(kernel: socket.socket) -> list[bytes]:
+    """Every write the pump made to the device, in order."""
+    got: list[bytes] = []
+    while True:
+        try:
+            got.append(kernel.recv(70000))
+        except BlockingIOError:
+            return got
+
+
+def test_a_udp_run_gathered_in_a_batch_reaches_the_device_as_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The datagrams of one UDP flow that came one per delivery in a batch wait for its end and
+    go to the device as one UDP GSO write (gro.py); a ping in between goes at once."""
+    channel = Recorder()
+    burst = udp_run(4, 4)
+    got: list[list[bytes]] = []
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach([channel], MTU)
+        with pump.batch():
+            for packet in burst[:2]:
+                pump.deliver(channel, [packet])
+            pump.deliver(channel, [ping4(1)])
+            for packet in burst[2:]:
+                pump.deliver(channel, [packet])
+            got.append(drain(kernel))  # the ping only
+        got.append(drain(kernel))
+
+    with socket_device(vnet_hdr=True) as (tun, kernel_end):
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        totals = run_on(tun, kernel_end, scenario)
+    assert [plain_packets(w) for w in got[0]] == [[ping4(1)]]
+    assert [plain_packets(w) for w in got[1]] == [burst]  # one write, cut back into the four
+    assert (channel.counters.packets_in, channel.counters.bytes_in) == (5, sum(map(len, burst)) + len(ping4(1)))
+    assert totals.dropped == 0
+
+
+def test_a_kernel_that_refuses_merged_udp_gets_the_datagrams_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before Linux 6.2 a TUN write with UDP GSO fails with EINVAL: the run's datagrams are then
+    written one by one, none lost, and the pump merges no UDP any more (one refusal, once)."""
+    channel = Recorder()
+    first, second = udp_run(4, 3), udp_run(6, 3, first_id=10)
+    refused: list[int] = []
+    real_writev = os.writev
+
+    def old_kernel_writev(fd: int, buffers: list[bytes]) -> int:
+        if bytes(buffers[0])[1] == 5:  # GSO_UDP_L4
+            refused.append(len(buffers))
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_writev(fd, buffers)
+
+    got: list[bytes] = []
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach([channel], MTU)
+        for burst in (first, second):
+            with pump.batch():
+                for packet in burst:
+                    pump.deliver(channel, [packet])
+            got.extend(drain(kernel))
+
+    monkeypatch.setattr(pump_module.os, "writev", old_kernel_writev)
+    with socket_device(vnet_hdr=True) as (tun, kernel_end):
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        totals = run_on(tun, kernel_end, scenario)
+    assert len(refused) == 1
+    assert [p for w in got for p in plain_packets(w)] == [*first, *second]
+    assert len(got) == 6  # one write each
+    assert (totals.packets_in, totals.dropped) == (6, 0)
 
 
 # -- flow hashing at an offset (the virtio header in front of an offload read) --------------------
