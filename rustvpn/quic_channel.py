@@ -107,8 +107,6 @@ class QuicStreamChannel(BackloggedChannel):
                 self.counters.packets_out -= taken
                 self.counters.bytes_out -= sum(map(len, packets[:taken]))
                 packets = packets[taken:]
-            if datagrams.overloaded and not self.paused:
-                self.pause_writing()
             if not packets:  # all went as DATAGRAM frames, which the datagram channel sends
                 return
         self._write(encode_frames(packets))
@@ -131,7 +129,7 @@ class QuicStreamChannel(BackloggedChannel):
 
     def refresh_writable(self) -> None:
         queued = self.unsent()
-        if self.paused and queued < SEND_LOW_WATER and (self.datagrams is None or self.datagrams.drained()):
+        if self.paused and queued < SEND_LOW_WATER:
             self.resume_writing()
         elif not self.paused and queued > SEND_HIGH_WATER:
             self.pause_writing()

@@ -272,15 +272,20 @@ def test_queue_bound_drops_instead_of_growing(pki: dict[str, Path]) -> None:
         send_like_the_pump(lane, [b"ping", *batch[:3]])
     assert 1 < channel.counters.dropped < 40
     assert channel.codel.dropping and channel.counters.packets_out >= 40 + held
-    # Traffic that does not slow down fills the queue: the pump is paused (the kernel drops then).
-    while not channel.overloaded:
-        assert not lane.paused
+    # Traffic that does not slow down fills the queue to its bound, beyond which bulk packets are
+    # dropped as they come: the pump is never paused (the kernel would then drop whatever came,
+    # pings too), and pings and bare ACKs still get in.
+    while channel.queued() < OVERLOAD_QUEUED:
         send_like_the_pump(lane, batch)
-    assert lane.paused and channel.queued() >= OVERLOAD_QUEUED
-    # Once the peer is heard again and the queue drains, the pump may read again.
+    dropped, queued = channel.counters.dropped, channel.queued()
+    send_like_the_pump(lane, [*batch, icmp_echo(7), tcp_segment(b""), *batch])
+    assert not lane.paused
+    assert channel.counters.dropped == dropped + 2 * len(batch)
+    assert channel.queued() == queued + 2
+    assert icmp_echo(7) in client.quic._datagrams_pending and tcp_segment(b"") in client.quic._datagrams_pending
+    # Once the peer is heard again the queue drains.
     wire.cut = False
-    assert wire.run(lambda: not lane.paused, seconds=5.0)
-    assert not channel.overloaded and channel.queued() <= OVERLOAD_QUEUED // 4
+    assert wire.run(lambda: channel.queued() == 0, seconds=5.0)
     # The count cap holds whatever CoDel says.
     wire.cut = True
     capped = DatagramChannel(client.quic, 1400, lambda: wire.now, max_queued=channel.queued() + 10)
