@@ -145,6 +145,9 @@ class Result:
     load_mbit: float | None = None  # iperf3's rate during the ping-under-load run
     load_pings: int | None = None  # replies the load percentiles are taken over
     udp: list[UdpRate] = field(default_factory=list)
+    # Pings every 10 ms alongside the highest UDP rate (a flood): what share is answered, how fast
+    flood_pings_answered_pct: float | None = None
+    flood_rtt_p50_ms: float | None = None
     cpu_s_per_gb: float | None = None
     cpu_s_per_gb_client: float | None = None
     cpu_s_per_gb_server: float | None = None
@@ -267,15 +270,17 @@ class Harness:
             time.sleep(0.05)
         # carry on: the retry in iperf() copes if it is still busy
 
-    def loaded_rtt(self, addr: str, port: int, res: Result) -> None:
-        """Pings every 10 ms during a single-stream forward iperf3 run (its own run, not the CPU one)."""
-        secs = self.timing.tcp_s
-        ramp = 0.2 if self.timing.short else 0.5  # let TCP fill the path before the first ping
-        log = self.logs / f"{res.key}-load-iperf3.log"
-        ping_log = self.logs / f"{res.key}-load-ping.log"
+    def with_pings(
+        self, addr: str, port: int, extra: list[str], secs: int, res: Result, step: str
+    ) -> tuple[dict[str, Any], list[tuple[int, float]], int]:
+        """An iperf3 client run with pings every 10 ms alongside, from a short ramp-up on: iperf3's
+        result, each reply's (icmp_seq, RTT ms), and the number of pings sent."""
+        ramp = 0.2 if self.timing.short else 0.5  # let the load fill the path before the first ping
+        log = self.logs / f"{res.key}-{step}-iperf3.log"
+        ping_log = self.logs / f"{res.key}-{step}-ping.log"
         t0 = time.monotonic()
         self.wait_iperf_idle(port)
-        argv = ["iperf3", "-c", addr, "-p", str(port), "-t", str(secs), "-J"]
+        argv = ["iperf3", "-c", addr, "-p", str(port), "-t", str(secs), "-J", *extra]
         load = self.spawn(CLIENT_NS, argv, log, capture=True)
         time.sleep(ramp)
         # Stopped by time, not by count: on a busy VM the 10 ms interval stretches, and ping -c would run on
@@ -287,11 +292,18 @@ class Harness:
             ping.wait(timeout=5)
             out, _ = load.communicate(timeout=secs + 30)
         except subprocess.TimeoutExpired as e:
-            raise RuntimeError("ping or iperf3 under load did not finish") from e
-        res.load_mbit, _ = tcp_rate(iperf_result(out.decode(errors="replace"), load.returncode, log.read_text()))
-        replies = load_ping_replies(ping_log.read_text(errors="replace"))
+            raise RuntimeError(f"ping or iperf3 {' '.join(extra)} did not finish") from e
+        data = iperf_result(out.decode(errors="replace"), load.returncode, log.read_text())
+        text = ping_log.read_text(errors="replace")
+        res.steps[step] = round(time.monotonic() - t0, 2)
+        return data, load_ping_replies(text), ping_times(text)[1]
+
+    def loaded_rtt(self, addr: str, port: int, res: Result) -> None:
+        """Pings every 10 ms during a single-stream forward iperf3 run (its own run, not the CPU one)."""
+        data, replies, _ = self.with_pings(addr, port, [], self.timing.tcp_s, res, "load")
+        res.load_mbit, _ = tcp_rate(data)
         if not replies:
-            raise RuntimeError(f"no ping reply under load (see {ping_log.name})")
+            raise RuntimeError(f"no ping reply under load (see {res.key}-load-ping.log)")
         times = [rtt for _, rtt in replies]
         res.load_rtt_p50_ms = percentile(times, 50)
         res.load_rtt_p99_ms = percentile(times, 99)
@@ -299,7 +311,16 @@ class Harness:
         last = max(seq for seq, _ in replies)
         res.load_ping_loss_pct = 100 * (1 - len({seq for seq, _ in replies}) / last)
         res.load_pings = len(replies)
-        res.steps["load"] = round(time.monotonic() - t0, 2)
+
+    def flood_with_pings(self, addr: str, port: int, rate: int, res: Result) -> UdpRate:
+        """The UDP run at ``rate`` with pings alongside: how much of other traffic a flood lets through."""
+        extra = ["-u", "-b", f"{rate}M", "-l", str(UDP_LEN)]
+        data, replies, sent = self.with_pings(addr, port, extra, self.timing.udp_s, res, f"udp{rate}")
+        if sent:
+            res.flood_pings_answered_pct = 100 * len({seq for seq, _ in replies}) / sent
+        if replies:
+            res.flood_rtt_p50_ms = percentile([rtt for _, rtt in replies], 50)
+        return udp_rate(rate, data)
 
     def ping_idle(self, addr: str, res: Result) -> None:
         count = self.timing.idle_pings
@@ -416,6 +437,9 @@ class Harness:
 
         if extras:
             for rate in t.udp_rates:
+                if rate == max(t.udp_rates):
+                    res.udp.append(self.flood_with_pings(addr, iperf_port, rate, res))
+                    continue
                 extra = ["-u", "-b", f"{rate}M", "-l", str(UDP_LEN)]
                 res.udp.append(udp_rate(rate, self.iperf(addr, iperf_port, extra, t.udp_s, res, f"udp{rate}")))
         check_alive()
@@ -744,12 +768,16 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         "",
         f"## UDP at fixed offered rates ({UDP_LEN}-byte datagrams)",
         "",
-        "| variant | " + " | ".join(f"{rate} Mbit/s offered: received, loss" for rate in timing.udp_rates) + " |",
-        "|---|" + "---:|" * len(timing.udp_rates),
+        "| variant | "
+        + " | ".join(f"{rate} Mbit/s offered: received, loss" for rate in timing.udp_rates)
+        + f" | pings alongside {max(timing.udp_rates)} Mbit/s: answered, p50 ms |",
+        "|---|" + "---:|" * (len(timing.udp_rates) + 1),
     ]
     for r in results:
         got = {u.offered_mbit: u for u in r.udp}
         cells = [f"{got[x].recv_mbit:.1f}, {got[x].loss_pct:.1f}%" if x in got else "-" for x in timing.udp_rates]
+        answered = r.flood_pings_answered_pct
+        cells.append("-" if answered is None else f"{answered:.0f}%, {fmt(r.flood_rtt_p50_ms, 2)}")
         lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets" + (" (short mode: not meaningful)" if short else ""), ""]
     lines += ["| target | measured | result |", "|---|---|---|"]
@@ -768,7 +796,9 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         "iperf3 run; p50/p99 are nearest-rank over the replies; lost pings count only in the loss column.",
         f"- UDP: iperf3 -u -b RATE -l {UDP_LEN}: the receiver's rate and loss; 1228-byte IP packets fit every "
         "tunnel's MTU without fragmentation. The sender may fall short of the offered rate on a busy machine "
-        "(sent rates are in results.json).",
+        "(sent rates are in results.json). Pings every "
+        f"{LOAD_PING_INTERVAL * 1000:.0f} ms run alongside the highest rate: the share answered (of those sent) "
+        "and the median RTT show how much a flood leaves for other traffic.",
         "- Start to first ping: from starting the tunnel client (server already listening) to the first ping "
         "reply through the tunnel.",
         "- CPU per idle ping: each endpoint's time on a CPU (/proc/PID/task/*/schedstat, kernel work in its "
