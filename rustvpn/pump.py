@@ -5,8 +5,9 @@ ping's identifier; else round-robin, passing over channels busy with bulk), and 
 all of its packets at once (one TLS record / QUIC send per batch rather than per packet). The first
 packet after a quiet spell is read alone (no second read to learn that none follows), and in TCP
 mode the answer of the local stack to packets from the peer is read right after writing them.
-When a channel's send buffer is over its high-water mark the pump stops reading the TUN device, so
-the kernel's queue takes the pressure (and drops), rather than our memory.
+When a TLS connection's send buffer is over its high-water mark the pump stops reading the TUN
+device, so the kernel's queue takes the pressure (and drops), rather than our memory. QUIC channels
+never pause the pump: they manage their own queues (CoDel, and drops of bulk beyond a bound).
 
 Incoming: channels deliver decoded packets, which are written to the TUN device at once.
 

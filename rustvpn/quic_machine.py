@@ -250,11 +250,6 @@ class QuicSessionMachine:
             self._deferred_close = None
             self.quic.close(error_code=code, reason_phrase=phrase)
             out += self.quic.datagrams_to_send(now)
-        if self.phase is Phase.UP:
-            # What was sent and acknowledged may free a paused stream (send_packets pauses one).
-            for channel in self.channels:
-                if channel.paused:
-                    channel.refresh_writable()
         return out
 
     def flush_datagrams(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
@@ -484,6 +479,7 @@ class QuicSessionMachine:
                 params.mtu,
                 session_up=lambda: self.phase is Phase.UP,
                 wakeup=self._wake,
+                clock=lambda: self._now,
             )
             for i in range(params.number_of_streams)
         ]

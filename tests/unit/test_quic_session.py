@@ -32,10 +32,11 @@ from quic_helpers import (
     write_pki,
 )
 
+from rustvpn.codel import CoDel
 from rustvpn.errors import PeerRejected, SessionLost
 from rustvpn.framing import encode_frames
 from rustvpn.pump import PacketChannel
-from rustvpn.quic_channel import SEND_HIGH_WATER
+from rustvpn.quic_channel import OVERLOAD_UNSENT, SHORT_PACKET, QuicStreamChannel
 from rustvpn.quic_machine import CLOSE_PROTOCOL, Phase, QuicSessionMachine
 from rustvpn.quic_transport import QuicClient, QuicServer
 from rustvpn.session import Session
@@ -328,17 +329,73 @@ def test_admission_refusal_closes_with_reason(pki: dict[str, Path]) -> None:
     assert isinstance(client.failure, SessionLost) and "server busy" in str(client.failure)
 
 
-def test_backpressure_pauses_and_resumes(pki: dict[str, Path]) -> None:
+def test_stream_queue_bounded_by_drops_not_by_pausing(pki: dict[str, Path]) -> None:
+    # More than the stream can send at once: bulk beyond the overload bound is dropped as it
+    # comes, the pump is never paused, and every packet admitted arrives, in order.
     wire, client, server, _, server_rec = machine_pair(tunnel_config(pki, "client"), tunnel_config(pki, "server"))
     assert wire.run(both_up(client, server))
     server.bind(server_rec.sink)
     channel = client.channels[0]
-    batch = [b"p" * 1400] * 100
-    while not channel.paused:
+    sent: list[bytes] = []
+    for n in range(60):  # 8.4 MB in one go, with nothing sent in between
+        batch = [n.to_bytes(2, "big") + i.to_bytes(2, "big") + b"p" * 1396 for i in range(100)]
         channel.send_packets(batch)
-    assert channel.unsent() > SEND_HIGH_WATER
-    assert wire.run(lambda: not channel.paused, seconds=30.0)
-    assert wire.run(lambda: channel.unsent() == 0 and len(server_rec.packets) % 100 == 0 and server_rec.packets)
+        sent.extend(batch)
+    assert not channel.paused
+    assert OVERLOAD_UNSENT <= channel.unsent() < OVERLOAD_UNSENT + 1402
+    assert channel.counters.dropped == len(sent) - channel.unsent() // 1402
+    admitted = sent[: channel.unsent() // 1402]  # the first ones, up to the bound
+    assert wire.run(lambda: channel.unsent() == 0 and len(server_rec.packets) == len(admitted), seconds=30.0)
+    assert [packet for _stream, packet in server_rec.packets] == admitted
+
+
+def _lone_stream(client: QuicSessionMachine, clock: list[float], **kwargs: Any) -> QuicStreamChannel:
+    """A stream channel of the client's connection that nothing sends from (the wire is not run):
+    every byte written stays queued."""
+    return QuicStreamChannel(
+        client.quic,
+        client.quic.get_next_available_stream_id(),
+        1500,
+        session_up=lambda: True,
+        wakeup=lambda: None,
+        clock=lambda: clock[0],
+        **kwargs,
+    )
+
+
+def test_stream_queue_overload_keeps_short_packets_and_caps_all(pki: dict[str, Path]) -> None:
+    wire, client, server, _, _ = machine_pair(tunnel_config(pki, "client"), tunnel_config(pki, "server"))
+    assert wire.run(both_up(client, server))
+    lane = _lone_stream(client, [0.0], overload=20_000, max_unsent=30_000)
+    lane.send_packets([b"b" * 1000] * 30)
+    assert lane.unsent() == 20 * 1002 and lane.counters.dropped == 10
+    ping = b"i" * 84
+    lane.send_packets([b"b" * 1000, ping, b"b" * (SHORT_PACKET + 1), b"a" * SHORT_PACKET])
+    assert lane.unsent() == 20 * 1002 + 86 + SHORT_PACKET + 2 and lane.counters.dropped == 12
+    while lane.unsent() + 86 <= 30_000:  # short packets fill the rest, up to the hard cap
+        lane.send_packets([ping])
+    lane.send_packets([ping, ping])
+    assert lane.unsent() <= 30_000 + 86 and lane.counters.dropped == 13
+    assert not lane.paused
+
+
+def test_stream_queue_codel_drops_one_bulk_packet_when_a_queue_stands(pki: dict[str, Path]) -> None:
+    wire, client, server, _, _ = machine_pair(tunnel_config(pki, "client"), tunnel_config(pki, "server"))
+    assert wire.run(both_up(client, server))
+    clock = [100.0]
+    lane = _lone_stream(client, clock, codel=CoDel(target=0.005, interval=0.1))
+    bulk, ping = b"b" * 1200, b"i" * 84
+    lane.send_packets([bulk] * 10)
+    assert lane.queue_delay(100.0) == 0.0
+    clock[0] = 100.01  # the oldest byte has waited 10 ms, above the target: the interval starts
+    lane.send_packets([bulk] * 10)
+    assert lane.queue_delay(100.01) == pytest.approx(0.01) and lane.counters.dropped == 0
+    clock[0] = 100.12  # it stood above the target for a whole interval: one bulk packet goes
+    lane.send_packets([ping, bulk, bulk, bulk])
+    assert lane.counters.dropped == 1 and lane.unsent() == 22 * 1202 + 86
+    clock[0] = 100.121  # and not again until interval/sqrt(count) has passed
+    lane.send_packets([bulk])
+    assert lane.counters.dropped == 1
 
 
 def test_local_close_ends_both(pki: dict[str, Path]) -> None:
