@@ -10,9 +10,10 @@ every packet).
 
 from __future__ import annotations
 
+import collections
 import math
 
-__all__ = ["INTERVAL", "TARGET", "CoDel"]
+__all__ = ["INTERVAL", "TARGET", "CoDel", "QueueWait"]
 
 TARGET = 0.005  # seconds a queue may stand
 INTERVAL = 0.1  # seconds it must stand above TARGET before the first drop: about a worst-case RTT
@@ -55,3 +56,30 @@ class CoDel:
             self._drop_next += self.interval / math.sqrt(self.count)
             return True
         return False
+
+
+class QueueWait:
+    """How long the oldest item of a first-in, first-out queue has waited, from the running total
+    of items (or bytes) ever queued and of those gone: a time stamp per enqueued batch, not per
+    item, and none kept in the queue itself (aioquic's)."""
+
+    __slots__ = ("_stamps",)
+
+    def __init__(self) -> None:
+        self._stamps: collections.deque[tuple[int, float]] = collections.deque()  # (total after a batch, time)
+
+    def queued(self, total: int, now: float) -> None:
+        """A batch was queued at ``now``; ``total``: everything ever queued, this batch included."""
+        self._stamps.append((total, now))
+
+    def restart(self, total: int, now: float) -> None:
+        """Everything still queued counts as queued at ``now``."""
+        self._stamps.clear()
+        self._stamps.append((total, now))
+
+    def delay(self, gone: int, now: float) -> float:
+        """The oldest item's wait, when ``gone`` of the total have left the queue."""
+        stamps = self._stamps
+        while stamps and stamps[0][0] <= gone:
+            stamps.popleft()
+        return now - stamps[0][1] if stamps else 0.0

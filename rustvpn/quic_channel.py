@@ -20,13 +20,12 @@ QuicConnection, and relies on one aioquic internal, ``QuicConnection._streams[id
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aioquic.quic.connection import QuicConnection
 
-from rustvpn.codel import CoDel
+from rustvpn.codel import CoDel, QueueWait
 from rustvpn.errors import FrameError, ProtocolError
 from rustvpn.framing import FrameDecoder, encode_frames
 from rustvpn.pump import PacketChannel
@@ -48,7 +47,8 @@ DATA_HELLO = b"\x00\x00"
 # Bytes written on a data stream and never yet sent (congestion or flow control holds them back).
 # Beyond OVERLOAD_UNSENT only traffic that ignores drops (a flood) keeps coming: packets longer
 # than SHORT_PACKET are dropped as they arrive, so pings, ACKs and DNS still get through behind
-# them. MAX_UNSENT bounds memory whatever comes (about 60 ms at the stream path's rate here).
+# them (the DATAGRAM queue uses the same line). MAX_UNSENT bounds memory whatever comes (about
+# 60 ms at the stream path's rate here).
 OVERLOAD_UNSENT = 512 * 1024
 MAX_UNSENT = 2 * 1024 * 1024
 SHORT_PACKET = 256
@@ -119,7 +119,7 @@ class QuicStreamChannel(BackloggedChannel):
         self.codel = codel or CoDel()
         self.overload = overload
         self.max_unsent = max_unsent
-        self._stamps: collections.deque[tuple[int, float]] = collections.deque()  # (_written after a write, time)
+        self._wait = QueueWait()  # over _written
         self.datagrams: DatagramChannel | None = None
 
     # -- sending ------------------------------------------------------------------------------
@@ -143,7 +143,7 @@ class QuicStreamChannel(BackloggedChannel):
         if not packets:
             return
         self._write(encode_frames(packets))
-        self._stamps.append((self._written, self._clock()))
+        self._wait.queued(self._written, self._clock())
         self._wakeup()
 
     def _admit(self, packets: list[bytes]) -> list[bytes]:
@@ -177,10 +177,7 @@ class QuicStreamChannel(BackloggedChannel):
     def queue_delay(self, now: float, unsent: int | None = None) -> float:
         """How long the oldest byte not sent yet has waited on the stream."""
         sent = self._written - (self.unsent() if unsent is None else unsent)
-        stamps = self._stamps
-        while stamps and stamps[0][0] <= sent:
-            stamps.popleft()
-        return now - stamps[0][1] if stamps else 0.0
+        return self._wait.delay(sent, now)
 
     def send_hello(self) -> None:
         self._write(DATA_HELLO)

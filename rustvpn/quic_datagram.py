@@ -19,15 +19,14 @@ transport parameter; aioquic does not check it when sending).
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable
 
 from aioquic.buffer import size_uint_var
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE
 
-from rustvpn.codel import CoDel
-from rustvpn.quic_channel import BackloggedChannel
+from rustvpn.codel import CoDel, QueueWait
+from rustvpn.quic_channel import SHORT_PACKET, BackloggedChannel
 
 __all__ = ["MAX_QUEUED_DATAGRAMS", "OVERLOAD_QUEUED", "DatagramChannel", "datagram_room", "jumps_the_queue"]
 
@@ -46,7 +45,6 @@ DATAGRAM_FRAME_OVERHEAD = 1 + 2  # frame type, and the length as a 2-byte varint
 # backstop for memory.
 OVERLOAD_QUEUED = 512
 MAX_QUEUED_DATAGRAMS = 1024
-SHORT_PACKET = 256
 
 
 def jumps_the_queue(packet: bytes) -> bool:
@@ -112,7 +110,7 @@ class DatagramChannel(BackloggedChannel):
         self._clock = clock
         self._queued = queued  # tells the owner's driver to send what take() queued
         self._queued_total = 0  # frames ever queued
-        self._stamps: collections.deque[tuple[int, float]] = collections.deque()  # (total after a batch, time)
+        self._wait = QueueWait()
         self._ahead = (0, 0)  # (frames gone, n): the first n frames queued jumped the queue, when that many were gone
 
     # -- sending ------------------------------------------------------------------------------
@@ -130,11 +128,8 @@ class DatagramChannel(BackloggedChannel):
 
     def queue_delay(self, now: float) -> float:
         """How long the oldest frame still queued has waited."""
-        left = self._queued_total - len(self.quic._datagrams_pending)  # sent (or dropped) since
-        stamps = self._stamps
-        while stamps and stamps[0][0] <= left:
-            stamps.popleft()
-        return now - stamps[0][1] if stamps else 0.0
+        gone = self._queued_total - len(self.quic._datagrams_pending)  # sent (or dropped) since
+        return self._wait.delay(gone, now)
 
     def take(self, packets: list[bytes]) -> int:
         """Send the leading packets that fit as DATAGRAM frames; returns how many were taken.
@@ -175,7 +170,7 @@ class DatagramChannel(BackloggedChannel):
             counters.packets_out += 1
             counters.bytes_out += size
         if queued:
-            self._stamps.append((self._queued_total, now))
+            self._wait.queued(self._queued_total, now)
             self._queued()
         return taken
 
@@ -200,8 +195,7 @@ class DatagramChannel(BackloggedChannel):
         if dropped:
             pending.clear()
             pending.extend(keep)
-            self._stamps.clear()  # what stays waits as if queued now
-            self._stamps.append((self._queued_total, self._clock()))
+            self._wait.restart(self._queued_total, self._clock())  # what stays waits as if queued now
             self.counters.dropped += dropped
         return dropped
 
