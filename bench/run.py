@@ -39,11 +39,13 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = REPO / ".venv" / "bin" / "python"
 RUSTVPN = REPO / ".venv" / "bin" / "rustvpn"
 QUIC_PUMP = Path(__file__).resolve().parent / "quic_pump.py"
+PY_RELAY = Path(__file__).resolve().parent / "py_relay.py"
 CLIENT_ADDR, SERVER_ADDR = "198.18.0.1", "198.18.0.2"
 TAG = os.getpid()
 CLIENT_NS, SERVER_NS = f"rvb-c-{TAG}", f"rvb-s-{TAG}"
 VETH_C, VETH_S = f"rvbc{TAG}", f"rvbs{TAG}"
 TUN_DEV = "rvbtun"
+RELAY_KEY = "relay.key"  # in the work directory, beside the certificates: py_relay.py's throwaway key
 UP_TIMEOUT = 30.0  # seconds from client start to the first ping reply
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -60,7 +62,7 @@ class Skip(Exception):
 class Variant:
     key: str
     label: str
-    kind: str  # veth, rustvpn-tcp, rustvpn-quic, openvpn-udp, openvpn-tcp, pump
+    kind: str  # veth, rustvpn-tcp, rustvpn-quic, openvpn-udp, openvpn-tcp, relay, pump
     slot: int  # tunnel subnet 198.19.SLOT.0/24 and port block 20000 + 10 * SLOT; unique per variant
     flags: tuple[str, ...] = ()  # extra rustvpn flags, for both ends
     mtu: int = 1500
@@ -91,10 +93,12 @@ VARIANTS = [
     ),
     Variant("openvpn-udp", "OpenVPN UDP", "openvpn-udp", 3, needs="openvpn"),
     Variant("openvpn-tcp", "OpenVPN TCP", "openvpn-tcp", 4, needs="openvpn"),
+    # The floor for any Python tunnel: a plain asyncio TUN/UDP relay with AES-GCM (bench/py_relay.py)
+    Variant("py-relay", "plain Python relay", "relay", 9, mtu=1400),
     Variant("pump-dgram", "aioquic DATAGRAM pump", "pump", 7, pump_mode="datagram"),
     Variant("pump-stream", "aioquic stream pump", "pump", 8, pump_mode="stream"),
 ]
-SHORT_VARIANTS = {"veth", "rustvpn-tcp", "rustvpn-quic", "openvpn-udp", "pump-dgram"}
+SHORT_VARIANTS = {"veth", "rustvpn-tcp", "rustvpn-quic", "openvpn-udp", "py-relay", "pump-dgram"}
 
 
 @dataclass
@@ -338,6 +342,8 @@ class Harness:
         """Start server then client of variant v; returns (server, client, seconds to first ping)."""
         if v.kind.startswith("rustvpn"):
             server_argv, client_argv, proto = self.rustvpn_argv(v)
+        elif v.kind == "relay":
+            server_argv, client_argv, proto = self.relay_argv(v)
         else:
             server_argv, client_argv, proto = self.openvpn_argv(v)
         server = self.spawn(SERVER_NS, server_argv, self.logs / f"{v.key}-server.log")
@@ -363,6 +369,30 @@ class Harness:
             return server, client, "tcp"
         server = [str(RUSTVPN), "server", "--bind-address", SERVER_ADDR, "--port", str(v.port), *common, *srv_id]
         client = [str(RUSTVPN), "client", "--server", SERVER_ADDR, "--port", str(v.port), *common, *cli_id]
+        return server, client, "udp"
+
+    def relay_argv(self, v: Variant) -> tuple[list[str], list[str], str]:
+        common = ["--port", str(v.port), "--dev", TUN_DEV, "--mtu", str(v.mtu), "--key-file", RELAY_KEY]
+        server = [
+            str(PYTHON),
+            str(PY_RELAY),
+            "server",
+            "--bind",
+            SERVER_ADDR,
+            *common,
+            "--addr",
+            f"198.19.{v.slot}.1/24",
+        ]
+        client = [
+            str(PYTHON),
+            str(PY_RELAY),
+            "client",
+            "--server",
+            SERVER_ADDR,
+            *common,
+            "--addr",
+            f"198.19.{v.slot}.2/24",
+        ]
         return server, client, "udp"
 
     def openvpn_argv(self, v: Variant) -> tuple[list[str], list[str], str]:
@@ -790,6 +820,9 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         "the receiver's. The aioquic pumps send forward only, with no tunnel, over the veth.",
         "- rustvpn QUIC rows run with --mtu 1400 (so a tunnel packet fits one QUIC datagram on the 1500-byte veth); "
         "rustvpn TCP and OpenVPN with MTU 1500. All rustvpn rows use 5 streams/connections.",
+        "- plain Python relay (bench/py_relay.py, MTU 1400): not a VPN but the floor for one written in Python: "
+        "an asyncio loop that seals each packet from the TUN device with AES-256-GCM into one UDP datagram and "
+        "back, with no handshake, queues or congestion control. What it costs is what Python and asyncio cost.",
         "- CPU s/GB: utime+stime of both endpoints (client + server) during the forward run, per 10^9 bytes "
         "received. Peak RSS: VmHWM after all runs (including the UDP floods), the larger of the two endpoints.",
         f"- RTT under load: pings every {LOAD_PING_INTERVAL * 1000:.0f} ms during a separate single-stream forward "
@@ -932,6 +965,7 @@ def main() -> int:
         certs = run([str(RUSTVPN), "certs", "--out", str(work), "--server-name", SERVER_ADDR])
         if certs.returncode != 0:
             raise RuntimeError(f"rustvpn certs: {certs.stderr.strip()}")
+        (work / RELAY_KEY).write_bytes(os.urandom(32))
         setup_namespaces()
         for v in variants:
             print(f"== {v.label}", file=sys.stderr, flush=True)
