@@ -171,19 +171,23 @@ class DatagramFastPath:
             and q._network_paths[0].is_validated
         )
 
-    def flush(self, now: float) -> list[bytes] | None:
+    def flush(self, now: float, ack_alone: bool = False) -> list[bytes] | None:
         """Send the DATAGRAM frames queued in aioquic, as far as congestion control and pacing let.
 
         Returns the UDP payloads to send to the current peer address, or None when frames are
         queued and the short cut cannot send now (see can_send): aioquic's own sending must
         take them. Frames left queued (window full, pacing, or a frame too big for any packet)
         stay for aioquic's own sending, which keeps their order. An ACK that is owed rides in
-        the first packet (aioquic would send it alone when its ACK timer fires).
+        the first packet. With none queued, an ACK that is due goes alone if ``ack_alone``
+        (the caller knows aioquic has nothing to send it with; else aioquic takes it).
         """
         q = self.quic
         pending = q._datagrams_pending
         if not pending:
-            return []
+            space = self._space
+            if not ack_alone or space is None or space.ack_at is None or space.ack_at > now or not self.can_send():
+                return []
+            return [self._ack_only(space, now)]
         if not self.can_send():
             return None
         pair, space = self._pair, self._space
@@ -208,7 +212,7 @@ class DatagramFastPath:
             used = 0
             handlers: list[tuple[Callable[..., None], Any]] = []
             if space.ack_at is not None and not out:
-                ack = self._ack_frame(space, now)
+                ack, _ = self._ack_frame(space, now)
                 if len(ack) + 3 + len(pending[0]) <= room:
                     frames.append(ack)
                     used = len(ack)
@@ -227,17 +231,7 @@ class DatagramFastPath:
                 if handlers:
                     space.ack_at = now  # (the check above makes this unreachable)
                 break
-            header = bytes((first_byte, *peer_cid)) + (pn & 0xFFFF).to_bytes(PN_SEND_SIZE, "big")
-            sealed = aead.encrypt(b"".join(frames), header, pn)
-            # Header protection (RFC 9001 section 5.4): the sample starts 4 bytes after the packet
-            # number's start; a frame is at least 2 bytes, so the sealed payload always has one.
-            sample_at = PN_MAX_SIZE - PN_SEND_SIZE
-            mask = hp._mask(sealed[sample_at : sample_at + SAMPLE_SIZE])
-            protected = bytearray(header)
-            protected[0] ^= mask[0] & 0x1F
-            protected[-2] ^= mask[1]
-            protected[-1] ^= mask[2]
-            datagram = bytes(protected) + sealed
+            datagram = _seal(aead, hp, first_byte, peer_cid, pn, b"".join(frames))
             packet = QuicSentPacket(
                 epoch=Epoch.ONE_RTT,
                 in_flight=True,
@@ -262,15 +256,55 @@ class DatagramFastPath:
         self.sent += len(out)
         return out
 
-    def _ack_frame(self, space: QuicPacketSpace, now: float) -> bytes:
-        """An ACK frame for what the space has received, as aioquic's _write_ack_frame makes it."""
+    def _ack_frame(self, space: QuicPacketSpace, now: float) -> tuple[bytes, int]:
+        """An ACK frame for what the space has received, as aioquic's _write_ack_frame makes it,
+        and the number of ranges it holds."""
         q = self.quic
         received_at = space.largest_received_time if space.largest_received_time is not None else now
         delay = int((now - received_at) * 1000000) >> q._local_ack_delay_exponent
         buf = Buffer(capacity=MAX_ACK_FRAME)
         buf.push_uint_var(ACK)
-        push_ack_frame(buf, space.ack_queue, delay, MAX_ACK_FRAME - 1)
-        return buf.data
+        ranges = push_ack_frame(buf, space.ack_queue, delay, MAX_ACK_FRAME - 1)
+        return buf.data, ranges
+
+    def _ack_only(self, space: QuicPacketSpace, now: float) -> bytes:
+        """A packet for an ACK that is due with nothing to ride in, as aioquic's datagrams_to_send
+        would send it (its packet builder costs several times this: 0.15 ms of an idle ping's
+        CPU at the end that acknowledges the reply). Neither paced nor held by the congestion
+        window, as in aioquic; not in flight unless aioquic's ACK-of-ACK rule adds a PING."""
+        q, pair = self.quic, self._pair
+        assert pair is not None  # (can_send() found the connection steady)
+        crypto = pair.send
+        loss = q._loss
+        pn = q._packet_number
+        ack, ranges = self._ack_frame(space, now)
+        handlers: list[tuple[Callable[..., None], Any]] = [(q._on_ack_delivery, (space, space.largest_received_packet))]
+        space.ack_at = None
+        # aioquic's ACK-of-ACK trigger: a PING in every 8th packet number while the ACK holds gaps,
+        # so that the peer acknowledges it and the ranges behind it can be forgotten.
+        ping = ranges > 1 and pn % 8 == 0
+        payload = ack + bytes((PING,)) if ping else ack
+        first_byte = 0x40 | (q._spin_bit << 5) | (pair.key_phase << 2) | (PN_SEND_SIZE - 1)
+        datagram = _seal(crypto.aead, crypto.hp, first_byte, q._peer_cid.cid, pn, payload)
+        packet = QuicSentPacket(
+            epoch=Epoch.ONE_RTT,
+            in_flight=ping,
+            is_ack_eliciting=ping,
+            is_crypto_packet=False,
+            packet_number=pn,
+            packet_type=QuicPacketType.ONE_RTT,
+            sent_time=now,
+            sent_bytes=len(datagram),
+            delivery_handlers=handlers,
+        )
+        loss.on_packet_sent(packet=packet, space=space)
+        q._network_paths[0].bytes_sent += len(datagram)
+        if ping and not q._ack_eliciting_sent_since_receipt:
+            q._close_at = now + q._idle_timeout()
+            q._ack_eliciting_sent_since_receipt = True
+        q._packet_number = pn + 1
+        self.sent += 1
+        return datagram
 
     # -- receiving ----------------------------------------------------------------------------
     def peek(self, data: bytes, addr: NetworkAddress) -> list[bytes] | None:
@@ -400,6 +434,21 @@ class DatagramFastPath:
 
 class _NotOurs(Exception):
     pass
+
+
+def _seal(aead: Any, hp: Any, first_byte: int, peer_cid: bytes, pn: int, payload: bytes) -> bytes:
+    """A 1-RTT packet with a 2-byte packet number: payload encrypted, header protected."""
+    header = bytes((first_byte, *peer_cid)) + (pn & 0xFFFF).to_bytes(PN_SEND_SIZE, "big")
+    sealed: bytes = aead.encrypt(payload, header, pn)
+    # Header protection (RFC 9001 section 5.4): the sample starts 4 bytes after the packet
+    # number's start; a frame is at least 2 bytes, so the sealed payload always has one.
+    sample_at = PN_MAX_SIZE - PN_SEND_SIZE
+    mask = hp._mask(sealed[sample_at : sample_at + SAMPLE_SIZE])
+    protected = bytearray(header)
+    protected[0] ^= mask[0] & 0x1F
+    protected[-2] ^= mask[1]
+    protected[-1] ^= mask[2]
+    return bytes(protected) + sealed
 
 
 def _decode_packet_number(truncated: int, expected: int) -> int:

@@ -238,12 +238,16 @@ class QuicSessionMachine:
         self._now = now
         out: list[tuple[bytes, NetworkAddress]] = []
         fast = self.fast_path
-        sent = fast.flush(now) if fast is not None else None
+        # An ACK that is due goes alone through the short cut only when aioquic has nothing to
+        # send (else it rides in aioquic's packet).
+        sent = fast.flush(now, ack_alone=not self._aioquic_due) if fast is not None else None
         if sent:
             out = self._to_peer(sent)
         if self._aioquic_due or sent is None:
-            self._aioquic_due = False
             out += self.quic.datagrams_to_send(now)
+            # Stopped by the pacer, aioquic may still hold frames of its own (stream data, flow
+            # control) for when the pacing timer fires: it stays due until then.
+            self._aioquic_due = self.quic._pacing_at is not None
         if self._deferred_close is not None:
             # What was queued before the failure went out in the batch above; now the close.
             code, phrase = self._deferred_close
@@ -282,14 +286,16 @@ class QuicSessionMachine:
 
     def handle_timer(self, now: float) -> None:
         self._now = now
-        self._aioquic_due = True
-        quic_at = self._quic_timer()
-        if quic_at is not None and now >= quic_at:
-            self.quic.handle_timer(now)
-            self._process(now)
+        if not self._short_cut_timer(now):
+            self._aioquic_due = True
+            quic_at = self._quic_timer()
+            if quic_at is not None and now >= quic_at:
+                self.quic.handle_timer(now)
+                self._process(now)
         if self.phase is Phase.ENDED:
             return
         if self._deadline is not None and now >= self._deadline:
+            self._aioquic_due = True
             self._fail(
                 SessionLost(f"session set-up timed out {self.phase.value}"),
                 CLOSE_PROTOCOL,
@@ -297,8 +303,27 @@ class QuicSessionMachine:
             )
             return
         if self._next_keepalive is not None and now >= self._next_keepalive:
+            self._aioquic_due = True
             self.quic.send_stream_data(KEEPALIVE_STREAM, KEEPALIVE_BYTE)
             self._next_keepalive = now + KEEPALIVE_INTERVAL
+
+    def _short_cut_timer(self, now: float) -> bool:
+        """Whether all that is due now is what the short cut sends by itself: an ACK, or DATAGRAM
+        frames the pacer held back. aioquic's handle_timer would then do nothing, and its
+        datagrams_to_send would only build the ACK, at several times the short cut's cost (an
+        ACK alone is most of an idle ping's work at the end that sends it). Not when aioquic has
+        anything of its own to send, nor for the idle and loss timers, which are aioquic's."""
+        fast = self.fast_path
+        if fast is None or self._aioquic_due or self.phase is not Phase.UP or fast.timer() is None:
+            return False
+        if not fast.can_send():  # (a key update under way): aioquic sends the ACK
+            return False
+        q = self.quic  # (timer() just set q._loss_at, as aioquic's get_timer would)
+        if q._close_at is None or now >= q._close_at or (q._loss_at is not None and now >= q._loss_at):
+            return False
+        if q._pacing_at is not None and q._pacing_at <= now:
+            q._pacing_at = None  # passed: flush() sets it again if the pacer still holds frames back
+        return True
 
     def close(self, reason: str = "session ended", code: int = CLOSE_NORMAL) -> None:
         """End the session (if not yet) and close the connection with ``reason`` as the phrase."""

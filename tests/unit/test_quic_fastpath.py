@@ -208,6 +208,95 @@ def test_the_ack_of_a_lone_packet_waits_for_a_ride_within_the_announced_delay(pk
     assert wire.now - start == pytest.approx(LONE_ACK_DELAY + ONE_WAY_DELAY)
 
 
+class CallCounter:
+    """Counts calls of one of aioquic's methods on a connection, passing them through."""
+
+    def __init__(self, quic: object, name: str) -> None:
+        self.calls = 0
+        real = getattr(quic, name)
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        setattr(quic, name, counted)
+
+
+@pytest.mark.parametrize("client_fast", [True, False])
+def test_an_ack_with_nothing_to_ride_in_goes_alone_through_the_short_cut(
+    pki: dict[str, Path], client_fast: bool
+) -> None:
+    """The ACK of a lone packet, at its deadline: built by the short cut (aioquic's packet code
+    is not called, not even its timer handling), and taken by stock aioquic as by the short cut."""
+    wire, client, server, _, server_rec = up_pair(pki, client_fast=client_fast)
+    wire.run(seconds=0.2)  # nothing owed
+    builds = CallCounter(server.quic, "datagrams_to_send")
+    timers = CallCounter(server.quic, "handle_timer")
+    assert server.fast_path is not None
+    sent_before, pn_before = server.fast_path.sent, server.quic._packet_number
+    send(client, [packet(1)])
+    [(data, _)] = client.datagrams_to_send(wire.now)
+    start = wire.now
+    server.receive_datagram(data, CLIENT_ADDR, start)
+    assert server_rec.on(DATAGRAMS) == [packet(1)]
+    assert in_flight(client) > 0
+    assert wire.run(lambda: in_flight(client) == 0, seconds=0.1)
+    assert wire.now - start == pytest.approx(LONE_ACK_DELAY + ONE_WAY_DELAY)
+    assert server.fast_path.sent == sent_before + 1 and server.quic._packet_number == pn_before + 1
+    assert builds.calls == 0 and timers.calls == 0
+    space = server.quic._spaces[Epoch.ONE_RTT]
+    [ack_only] = [p for p in space.sent_packets.values() if p.packet_number == pn_before]
+    assert not ack_only.in_flight and not ack_only.is_ack_eliciting
+    assert space.ack_at is None
+    assert client.phase is Phase.UP and server.phase is Phase.UP
+
+
+def test_an_ack_rides_in_aioquics_packet_when_aioquic_sends(pki: dict[str, Path]) -> None:
+    """Stream data and an ACK due at once: aioquic's packets carry both; the short cut sends no
+    ACK of its own beside them."""
+    wire, client, server, _, _ = up_pair(pki)
+    wire.run(seconds=0.2)
+    send(client, [packet(1), packet(2)])  # two packets: the server's ACK is due within 1 ms
+    wire.step()
+    assert server.fast_path is not None
+    space = server.quic._spaces[Epoch.ONE_RTT]
+    assert space.ack_at is not None
+    sent_before = server.fast_path.sent
+    send(server, [packet(3, 1350)])  # too big for a DATAGRAM frame: a stream, aioquic's to send
+    out = server.datagrams_to_send(space.ack_at)
+    assert out and server.fast_path.sent == sent_before  # (the 1350 bytes take two packets)
+    assert space.ack_at is None
+    for data, _ in out:
+        client.receive_datagram(data, SERVER_ADDR, wire.now)
+    assert in_flight(client) == 0
+
+
+def test_an_ack_alone_asks_for_an_ack_of_its_own_as_aioquic_does(pki: dict[str, Path]) -> None:
+    """aioquic puts a PING in a packet whose ACK has gaps and whose number is a multiple of 8, so
+    that the peer acknowledges it and the old ranges can be forgotten: so does the short cut."""
+    wire, client, server, _, _ = up_pair(pki)
+    wire.run(seconds=0.2)
+    send(client, [packet(1, 1000), packet(2, 1000), packet(3, 1000)])  # one QUIC packet each
+    first, _gone, third = client.datagrams_to_send(wire.now)
+    for data, _ in (first, third):
+        server.receive_datagram(data, CLIENT_ADDR, wire.now)
+    space = server.quic._spaces[Epoch.ONE_RTT]
+    assert len(space.ack_queue) > 1  # a gap
+    server.quic._packet_number += -server.quic._packet_number % 8
+    pn = server.quic._packet_number
+    assert space.ack_at is not None
+    at = space.ack_at
+    assert server.fast_path is not None
+    sent_before = server.fast_path.sent
+    server.handle_timer(at)
+    [(data, _)] = server.datagrams_to_send(at)
+    assert server.fast_path.sent == sent_before + 1  # the short cut's packet, not aioquic's
+    packet_sent = space.sent_packets[pn]
+    assert packet_sent.is_ack_eliciting and packet_sent.in_flight
+    client.receive_datagram(data, SERVER_ADDR, at)
+    assert client.quic._spaces[Epoch.ONE_RTT].ack_at is not None  # the PING is to be acknowledged
+
+
 def test_held_acks_are_not_taken_for_a_queue(pki: dict[str, Path]) -> None:
     """A ping a second: each ACK comes 23 ms late, by the peer's choice, which it reports. Were
     that read as queueing delay, every ping would cut the congestion window, and a transfer after
