@@ -338,8 +338,8 @@ def test_in_a_gathered_batch_the_answer_to_a_packet_that_is_not_tcp_goes_out_at_
     """QUIC mode's pump is not eager, but a packet other than TCP written from a batch of
     datagrams on a quiet device has its answer read and sent at the end of the batch, with no
     event loop iteration in between; TCP packets (their answers are ACKs, better sent with the
-    next batch) and a busy device wait for the next wake-up. A ping's reply goes at once even in
-    a stream of reads: the kernel has queued it inside the write."""
+    next batch) and a busy device wait for the next wake-up. A ping's reply goes at once, even in
+    a stream of reads and before the batch ends: the kernel has queued it inside the write."""
     if not quiet:
         monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))
     channels = [Recorder()]
@@ -352,7 +352,7 @@ def test_in_a_gathered_batch_the_answer_to_a_packet_that_is_not_tcp_goes_out_at_
         kernel.send(bytes(VNET_HDR_LEN) + answer)  # the stack's answer, waiting on the device
         with pump.batch():
             pump.deliver(channels[0], [packet])
-            assert channels[0].sent == []
+            assert channels[0].sent == ([answer] if kind == "ping" else [])
         assert channels[0].sent == ([answer] if at_once else [])
         assert plain_packets(kernel.recv(70000)) == [packet]
         await until(lambda: channels[0].sent == [answer])
@@ -382,6 +382,31 @@ def test_a_gathered_batch_reads_one_answer_however_many_packets_it_wrote(monkeyp
         monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
         totals = run_on(tun, kernel_end, scenario)
     assert (totals.packets_in, totals.packets_out) == (3, 2)
+
+
+def test_the_first_ping_of_a_batch_is_answered_before_the_batch_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its reply is in the device once the request is written: it is read and sent at once, not
+    after the rest of the batch; a second ping in the batch is read for at the batch's end."""
+    monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))
+    channels = [Recorder()]
+    first_reply, second_reply = ping4(3, kind=0), ping4(4, kind=0)
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(channels, MTU)
+        pump.gather()
+        kernel.send(bytes(VNET_HDR_LEN) + first_reply)  # (the kernel's answer, as it comes)
+        pump.deliver(channels[0], [ping4(3)])
+        assert channels[0].sent == [first_reply]  # inside the batch
+        kernel.send(bytes(VNET_HDR_LEN) + second_reply)
+        pump.deliver(channels[0], [ping4(4)])
+        assert channels[0].sent == [first_reply]
+        pump.release()
+        assert channels[0].sent == [first_reply, second_reply]
+
+    with socket_device(vnet_hdr=True) as (tun, kernel_end):
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        totals = run_on(tun, kernel_end, scenario)
+    assert (totals.packets_in, totals.packets_out) == (2, 2)
 
 
 def test_a_ping_in_a_gathered_batch_has_the_device_read_whole_behind_it(monkeypatch: pytest.MonkeyPatch) -> None:
