@@ -91,9 +91,14 @@ def test_no_datagrams_on_one_side_stays_on_streams(hosts: NetnsPair, tmp_path: P
     transfer(hosts, 10 * 1024 * 1024)
     report = status(hosts, hosts.client, runtime, "cli")
     # All of it on the data streams, as with the reference peer.
-    assert report["totals"]["packets_out"] > 1000
-    assert stream_packets_out(report) == report["totals"]["packets_out"]
+    handed = report["totals"]["packets_out"]  # what the pump handed to the channels
+    assert handed > 1000
     assert report["datagrams"] is None
+    # Every packet went to a stream: sent, or dropped by the stream's queue (CoDel may drop a
+    # few under the transfer; those count in the stream's "dropped", not in its "packets_out").
+    sent = stream_packets_out(report)
+    queue_drops = sum(int(row["dropped"]) for row in report["streams"])
+    assert sent <= handed <= sent + queue_drops, report["streams"]
 
 
 def test_packets_above_what_fits_take_the_streams(hosts: NetnsPair, tmp_path: Path) -> None:
