@@ -193,12 +193,12 @@ class DatagramFastPath:
         pair, space = self._pair, self._space
         assert pair is not None and space is not None
         crypto = pair.send
-        loss, path = q._loss, q._network_paths[0]
+        loss = q._loss
         pacer = loss._pacer
         peer_cid = q._peer_cid.cid
         header_size = 1 + len(peer_cid) + PN_SEND_SIZE
         packet_room = q._max_datagram_size - header_size - AEAD_TAG
-        first_byte = 0x40 | (q._spin_bit << 5) | (pair.key_phase << 2) | (PN_SEND_SIZE - 1)
+        first_byte = self._first_byte(pair)
         aead, hp = crypto.aead, crypto.hp
         pn = q._packet_number
         out: list[bytes] = []
@@ -232,29 +232,48 @@ class DatagramFastPath:
                     space.ack_at = now  # (the check above makes this unreachable)
                 break
             datagram = _seal(aead, hp, first_byte, peer_cid, pn, b"".join(frames))
-            packet = QuicSentPacket(
-                epoch=Epoch.ONE_RTT,
-                in_flight=True,
-                is_ack_eliciting=True,
-                is_crypto_packet=False,
-                packet_number=pn,
-                packet_type=QuicPacketType.ONE_RTT,
-                sent_time=now,
-                sent_bytes=len(datagram),
-                delivery_handlers=handlers,
-            )
-            loss.on_packet_sent(packet=packet, space=space)
+            self._record(space, pn, datagram, now, True, handlers)
             pacer.update_after_send(now=now)
-            path.bytes_sent += len(datagram)
-            # Restart the idle timer on the first ack-eliciting packet since one was received.
-            if not q._ack_eliciting_sent_since_receipt:
-                q._close_at = now + q._idle_timeout()
-                q._ack_eliciting_sent_since_receipt = True
             pn += 1
             out.append(datagram)
         q._packet_number = pn
         self.sent += len(out)
         return out
+
+    def _first_byte(self, pair: CryptoPair) -> int:
+        """A short header's first byte, before header protection: spin bit, key phase, and the
+        2-byte packet number we send."""
+        return 0x40 | (self.quic._spin_bit << 5) | (pair.key_phase << 2) | (PN_SEND_SIZE - 1)
+
+    def _record(
+        self,
+        space: QuicPacketSpace,
+        pn: int,
+        datagram: bytes,
+        now: float,
+        eliciting: bool,
+        handlers: list[tuple[Callable[..., None], Any]],
+    ) -> None:
+        """Register a packet just sealed with aioquic's loss recovery, as aioquic registers its
+        own: in flight and ack-eliciting (a DATAGRAM frame, a PING), or neither (an ACK alone)."""
+        q = self.quic
+        packet = QuicSentPacket(
+            epoch=Epoch.ONE_RTT,
+            in_flight=eliciting,
+            is_ack_eliciting=eliciting,
+            is_crypto_packet=False,
+            packet_number=pn,
+            packet_type=QuicPacketType.ONE_RTT,
+            sent_time=now,
+            sent_bytes=len(datagram),
+            delivery_handlers=handlers,
+        )
+        q._loss.on_packet_sent(packet=packet, space=space)
+        q._network_paths[0].bytes_sent += len(datagram)
+        # Restart the idle timer on the first ack-eliciting packet since one was received.
+        if eliciting and not q._ack_eliciting_sent_since_receipt:
+            q._close_at = now + q._idle_timeout()
+            q._ack_eliciting_sent_since_receipt = True
 
     def _ack_frame(self, space: QuicPacketSpace, now: float) -> tuple[bytes, int]:
         """An ACK frame for what the space has received, as aioquic's _write_ack_frame makes it,
@@ -275,7 +294,6 @@ class DatagramFastPath:
         q, pair = self.quic, self._pair
         assert pair is not None  # (can_send() found the connection steady)
         crypto = pair.send
-        loss = q._loss
         pn = q._packet_number
         ack, ranges = self._ack_frame(space, now)
         handlers: list[tuple[Callable[..., None], Any]] = [(q._on_ack_delivery, (space, space.largest_received_packet))]
@@ -284,24 +302,8 @@ class DatagramFastPath:
         # so that the peer acknowledges it and the ranges behind it can be forgotten.
         ping = ranges > 1 and pn % 8 == 0
         payload = ack + bytes((PING,)) if ping else ack
-        first_byte = 0x40 | (q._spin_bit << 5) | (pair.key_phase << 2) | (PN_SEND_SIZE - 1)
-        datagram = _seal(crypto.aead, crypto.hp, first_byte, q._peer_cid.cid, pn, payload)
-        packet = QuicSentPacket(
-            epoch=Epoch.ONE_RTT,
-            in_flight=ping,
-            is_ack_eliciting=ping,
-            is_crypto_packet=False,
-            packet_number=pn,
-            packet_type=QuicPacketType.ONE_RTT,
-            sent_time=now,
-            sent_bytes=len(datagram),
-            delivery_handlers=handlers,
-        )
-        loss.on_packet_sent(packet=packet, space=space)
-        q._network_paths[0].bytes_sent += len(datagram)
-        if ping and not q._ack_eliciting_sent_since_receipt:
-            q._close_at = now + q._idle_timeout()
-            q._ack_eliciting_sent_since_receipt = True
+        datagram = _seal(crypto.aead, crypto.hp, self._first_byte(pair), q._peer_cid.cid, pn, payload)
+        self._record(space, pn, datagram, now, ping, handlers)
         q._packet_number = pn + 1
         self.sent += 1
         return datagram
