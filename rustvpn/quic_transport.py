@@ -191,10 +191,13 @@ class QuicSession(Session):
         self._link.close("session ended")
 
 
+_NO_BATCH = contextlib.nullcontext()
+
+
 def _one_batch(pump: PacketPump | None) -> contextlib.AbstractContextManager[object]:
     """Around the handling of one batch of datagrams from the socket: the TCP packets they carry
     reach the device together, so that runs of one flow are merged (PacketPump.gather)."""
-    return pump.batch() if pump is not None else contextlib.nullcontext()
+    return pump.batch() if pump is not None else _NO_BATCH
 
 
 def _with_datagram_size(configuration: QuicConfiguration, size: int) -> QuicConfiguration:

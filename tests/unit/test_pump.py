@@ -409,6 +409,28 @@ def test_the_first_ping_of_a_batch_is_answered_before_the_batch_goes_on(monkeypa
     assert (totals.packets_in, totals.packets_out) == (2, 2)
 
 
+def test_a_ping_on_an_idle_tunnel_has_its_reply_read_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an idle tunnel the reply is all the device holds: one read, not a second one that only
+    learns that nothing follows; anything else waiting keeps the device readable for the next turn."""
+    channels = [Recorder()]
+    reply, later = ping4(3, kind=0), udp4(4000, 53)
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach(channels, MTU)
+        for packet in (reply, later):
+            kernel.send(bytes(VNET_HDR_LEN) + packet)
+        with pump.batch():
+            pump.deliver(channels[0], [ping4(3)])
+            assert channels[0].sent == [reply]  # at once, and alone
+        assert channels[0].sent == [reply]
+        await until(lambda: channels[0].sent == [reply, later])
+
+    with socket_device(vnet_hdr=True) as (tun, kernel_end):
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        totals = run_on(tun, kernel_end, scenario)
+    assert (totals.packets_in, totals.packets_out) == (1, 2)
+
+
 def test_a_ping_in_a_gathered_batch_has_the_device_read_whole_behind_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """Under load the reply to a ping queues behind what the local stack sent before it (ACKs of
     a bulk flow): the pump reads all of that at the end of the batch, in a stream of reads too,
