@@ -112,19 +112,30 @@ class DatagramChannel(BackloggedChannel):
         self._queued_total = 0  # frames ever queued
         self._wait = QueueWait()
         self._ahead = (0, 0)  # (frames gone, n): the first n frames queued jumped the queue, when that many were gone
+        self._room: tuple[int, int, int | None, int] = (0, 0, None, 0)  # room()'s inputs and its answer
 
     # -- sending ------------------------------------------------------------------------------
     def room(self) -> int:
         """Largest packet that goes out as one DATAGRAM frame now; 0 if the peer takes none.
 
-        Recomputed per batch: the path's packet size or the peer's connection id may change.
+        Checked per batch: the path's packet size or the peer's connection id may change (the
+        answer is kept for as long as neither does).
         """
-        remote = self.quic._remote_max_datagram_frame_size
-        if remote is None:  # the peer's transport parameters allow no DATAGRAM frames
-            return 0
-        room = datagram_room(self.quic._max_datagram_size, len(self.quic._peer_cid.cid))
-        # The peer's limit counts the whole frame: type, length and payload (RFC 9221, section 3).
-        return max(0, min(room, remote - 1 - size_uint_var(remote)))
+        q = self.quic
+        size, cid_length, remote, room = self._room
+        if (
+            q._max_datagram_size == size
+            and len(q._peer_cid.cid) == cid_length
+            and q._remote_max_datagram_frame_size == remote
+        ):
+            return room
+        size, cid_length, remote = q._max_datagram_size, len(q._peer_cid.cid), q._remote_max_datagram_frame_size
+        room = 0  # the peer's transport parameters allow no DATAGRAM frames
+        if remote is not None:
+            # The peer's limit counts the whole frame: type, length and payload (RFC 9221, section 3).
+            room = max(0, min(datagram_room(size, cid_length), remote - 1 - size_uint_var(remote)))
+        self._room = (size, cid_length, remote, room)
+        return room
 
     def queue_delay(self, now: float) -> float:
         """How long the oldest frame still queued has waited."""
@@ -143,8 +154,25 @@ class DatagramChannel(BackloggedChannel):
         room = self.room()
         pending = self.quic._datagrams_pending  # no public API for the DATAGRAM queue in aioquic
         now = self._clock()
+        send, counters = self.quic.send_datagram_frame, self.counters
+        if len(packets) == 1 and not pending:
+            # A packet alone with nothing queued (an idle tunnel's ping, request or answer): no
+            # queue for CoDel or the overload bound to judge, and none to jump (it counts as
+            # having jumped, so that what jumps while it waits queues behind it).
+            size = len(packets[0])
+            if size > room:
+                return 0
+            self.codel.should_drop(now, 0.0)  # an empty queue: CoDel leaves any dropping state
+            self._ahead = (self._queued_total, 1)
+            send(packets[0])
+            self._queued_total += 1
+            counters.packets_out += 1
+            counters.bytes_out += size
+            self._wait.restart(self._queued_total, now)  # (whatever was queued before is gone)
+            self._queued()
+            return 1
         drop_one = self.codel.should_drop(now, self.queue_delay(now))
-        send, counters, cap, overload = self.quic.send_datagram_frame, self.counters, self.max_queued, self.overload
+        cap, overload = self.max_queued, self.overload
         taken = queued = 0
         for packet in packets:
             size = len(packet)

@@ -269,6 +269,8 @@ class QuicSessionMachine:
     def _to_peer(self, datagrams: list[bytes]) -> list[tuple[bytes, NetworkAddress]]:
         """The short cut's packets, addressed as aioquic addresses its own: to the current path."""
         addr = self.quic._network_paths[0].addr
+        if len(datagrams) == 1:  # (most often: no list comprehension, a call of its own)
+            return [(datagrams[0], addr)]
         return [(datagram, addr) for datagram in datagrams]
 
     def _wake(self) -> None:
@@ -281,8 +283,11 @@ class QuicSessionMachine:
         return self.quic.get_timer() if at is None else at
 
     def get_timer(self) -> float | None:
-        times = [t for t in (self._quic_timer(), self._deadline, self._next_keepalive) if t is not None]
-        return min(times) if times else None
+        at = self._quic_timer()
+        for t in (self._deadline, self._next_keepalive):
+            if t is not None and (at is None or t < at):
+                at = t
+        return at
 
     def handle_timer(self, now: float) -> None:
         self._now = now

@@ -344,6 +344,38 @@ def test_pings_and_acks_go_ahead_of_the_bulk_in_their_own_order(pki: dict[str, P
     assert got.index(icmp_echo(1)) < got.index(bulk[10]) and got.index(icmp_echo(3)) < got.index(bulk[30])
 
 
+def test_a_lone_packet_with_nothing_queued_is_queued_at_once_and_jumpers_keep_behind_it(pki: dict[str, Path]) -> None:
+    """An idle tunnel's packet skips the queue's judges (there is no queue), leaves CoDel's
+    dropping state as an empty queue does, and is still first: what jumps the queue after it
+    (a ping, a bare ACK) goes behind it, bulk behind both."""
+    wire, client, _, _, server_rec = up_pair(pki)
+    channel = client.datagram_channel
+    assert channel is not None
+    lane = client.channels[0]
+    codel = channel.codel
+    codel.should_drop(wire.now, 1.0)
+    codel.should_drop(wire.now + codel.interval, 1.0)
+    assert codel.dropping
+    send_like_the_pump(lane, [icmp_echo(1)])
+    assert list(client.quic._datagrams_pending) == [icmp_echo(1)] and not codel.dropping
+    assert (channel.counters.packets_out, channel.counters.bytes_out) == (1, len(icmp_echo(1)))
+    assert lane.counters.packets_out == 0  # counted on the datagram channel, not the stream
+    waited = channel.queue_delay(wire.now)  # its wait counts from its arrival
+    assert 0.0 <= waited < 0.1 and channel.queue_delay(wire.now + 0.5) == pytest.approx(waited + 0.5)
+    bulk = [udp_packet(1000, port) for port in range(1000, 1003)]
+    send_like_the_pump(lane, [bulk[0], icmp_echo(2), *bulk[1:]])
+    assert list(client.quic._datagrams_pending) == [icmp_echo(1), icmp_echo(2), *bulk]
+    assert wire.run(lambda: len(server_rec.packets) == 5)
+    assert server_rec.on(DATAGRAMS) == [icmp_echo(1), icmp_echo(2), *bulk]
+    # A long run of lone packets, each sent before the next: the record of queue arrivals (one
+    # entry per batch queued, dropped once it is gone) stays at most one entry long.
+    for seq in range(50):
+        send_like_the_pump(lane, [icmp_echo(seq)])
+        assert wire.run(lambda seq=seq: len(server_rec.packets) == 6 + seq)
+        assert channel.queue_delay(wire.now) == 0.0
+    assert len(channel._wait._stamps) <= 1
+
+
 def test_codel_drops_once_per_interval_then_faster() -> None:
     codel = CoDel(target=0.005, interval=0.1)
     assert not codel.should_drop(0.0, 0.001)  # below target
@@ -487,8 +519,12 @@ def test_udp_endpoint_keeps_datagram_boundaries_and_order() -> None:
         receiver = UdpEndpoint(open_udp_socket(socket.AF_INET, ("127.0.0.1", 0)), received)
         sender = UdpEndpoint(sender_sock, lambda _d: None)
         sent = [(bytes([i]) * 1400, receiver.address) for i in range(100)] + [(b"short", receiver.address)]
+        singles = [(b"one", receiver.address), (b"two", receiver.address)]  # sent one per call
         try:
             sender.send(sent)
+            for single in singles:
+                sender.send([single])
+            sent += singles
             async with asyncio.timeout(5):
                 while len(got) < len(sent):
                     arrived.clear()
