@@ -12,6 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from aioquic._buffer import Buffer
+from aioquic.quic.packet import push_ack_frame
+from aioquic.quic.rangeset import RangeSet
 from aioquic.tls import Epoch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -21,9 +24,12 @@ from rustvpn.pump import PacketChannel
 from rustvpn.quic_fastpath import (
     ANNOUNCED_MAX_ACK_DELAY,
     LONE_ACK_DELAY,
+    MAX_ACK_FRAME,
     DatagramFastPath,
+    _ack_frame_bytes,
     _decode_packet_number,
     _parse_frames,
+    _varint,
 )
 from rustvpn.quic_machine import Phase, QuicSessionMachine
 
@@ -355,6 +361,30 @@ def test_packet_numbers_decode_across_the_two_byte_window() -> None:
     assert _decode_packet_number(0xFFFF, 0x10002) == 0xFFFF
     assert _decode_packet_number(0x1234, 0x1230) == 0x1234
     assert _decode_packet_number(0x9B32, 0xA82F30EB) == 0xA82F9B32  # RFC 9000 appendix A.3
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2**62 - 2), st.integers(1, 2**20)), min_size=1, max_size=40),
+    st.integers(0, 2**62 - 1),
+)
+def test_ack_frames_are_aioquics_bytes(ranges: list[tuple[int, int]], delay: int) -> None:
+    """The short cut writes the common one-range ACK itself: byte for byte what aioquic writes,
+    whatever the magnitudes (every varint length), and aioquic's own writer for the rest."""
+    acked = RangeSet()
+    for start, length in ranges:
+        acked.add(start, min(start + length, 2**62 - 1))
+    expected = Buffer(capacity=MAX_ACK_FRAME)
+    expected.push_uint_var(0x02)
+    count = push_ack_frame(expected, acked, delay, MAX_ACK_FRAME - 1)
+    assert _ack_frame_bytes(acked, delay) == (expected.data, count)
+
+
+def test_varints_take_their_shortest_form() -> None:
+    for value in (0, 63, 64, 16383, 16384, 2**30 - 1, 2**30, 2**62 - 1):
+        buf = Buffer(capacity=8)
+        buf.push_uint_var(value)
+        assert _varint(value) == buf.data
 
 
 def test_frames_other_than_ours_go_to_aioquic() -> None:
