@@ -112,7 +112,9 @@ class DatagramChannel(BackloggedChannel):
         self._queued_total = 0  # frames ever queued
         self._wait = QueueWait()
         self._ahead = (0, 0)  # (frames gone, n): the first n frames queued jumped the queue, when that many were gone
-        self._room: tuple[int, int, int | None, int] = (0, 0, None, 0)  # room()'s inputs and its answer
+        # room()'s answer, and the inputs it was computed from (none yet)
+        self._room_inputs: tuple[int, int, int | None] | None = None
+        self._room = 0
 
     # -- sending ------------------------------------------------------------------------------
     def room(self) -> int:
@@ -122,19 +124,15 @@ class DatagramChannel(BackloggedChannel):
         answer is kept for as long as neither does).
         """
         q = self.quic
-        size, cid_length, remote, room = self._room
-        if (
-            q._max_datagram_size == size
-            and len(q._peer_cid.cid) == cid_length
-            and q._remote_max_datagram_frame_size == remote
-        ):
-            return room
-        size, cid_length, remote = q._max_datagram_size, len(q._peer_cid.cid), q._remote_max_datagram_frame_size
+        inputs = (q._max_datagram_size, len(q._peer_cid.cid), q._remote_max_datagram_frame_size)
+        if inputs == self._room_inputs:
+            return self._room
+        size, cid_length, remote = inputs
         room = 0  # the peer's transport parameters allow no DATAGRAM frames
         if remote is not None:
             # The peer's limit counts the whole frame: type, length and payload (RFC 9221, section 3).
             room = max(0, min(datagram_room(size, cid_length), remote - 1 - size_uint_var(remote)))
-        self._room = (size, cid_length, remote, room)
+        self._room_inputs, self._room = inputs, room
         return room
 
     def queue_delay(self, now: float) -> float:

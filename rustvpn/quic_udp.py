@@ -295,13 +295,10 @@ class UdpEndpoint:
     def send(self, datagrams: Sequence[tuple[bytes, NetworkAddress]]) -> None:
         if self._closed or not datagrams:
             return
-        if len(datagrams) == 1 and not self._backlog:  # (an idle tunnel's packets: no batch to build)
-            data, addr = datagrams[0]
-            if not self._send_batch([data], addr):
-                self._backlog.append(([data], addr))
-                self._wait_writable()
-            return
-        batches = gso_batches(datagrams) if self._gso else [([data], addr) for data, addr in datagrams]
+        if self._gso and len(datagrams) > 1:
+            batches = gso_batches(datagrams)
+        else:  # (one datagram, as an idle tunnel sends them, needs no grouping)
+            batches = [([data], addr) for data, addr in datagrams]
         if self._backlog:
             self._backlog.extend(batches)  # keep the order behind what waits already
             return
