@@ -96,8 +96,11 @@ async def run_tunnel(config: TunnelConfig, instance: str = "", notifier: Notifie
     # are switched on per session when the peer takes them too. QUIC mode has no offload to agree
     # on, but writes with virtio headers all the same: the packets of one TCP flow that arrive
     # together go to the kernel as one segment (gro.py).
+    # QUIC mode also gives pings and other sparse traffic a queue of the device of their own (tun.py):
+    # under a bulk transfer they waited behind it in the device's queue, or were dropped with it.
     offload = config.transport == "tcp" and config.offload
-    tun = TunDevice.open(config.device, vnet_hdr=offload or config.transport == "quic")
+    quic = config.transport == "quic"
+    tun = TunDevice.open(config.device, vnet_hdr=offload or quic, side_queue=quic)
     state = TunnelState()
     pump = PacketPump(tun, state.totals)
     status: StatusServer | None = None
@@ -114,6 +117,9 @@ async def run_tunnel(config: TunnelConfig, instance: str = "", notifier: Notifie
             ", ".join(str(i) for i in config.interfaces()) or "none",
             ", ".join(str(r) for r in config.all_routes()) or "none",
         )
+        if tun.side_fd >= 0:
+            log.info("device %s: pings and other packets that are neither TCP nor UDP take a queue of their own, %s",
+                     config.device, tun.steering)  # fmt: skip
         engine = TunnelEngine(config, pump, state, on_change=lambda s: notifier.status(describe_state(s)))
         if config.status_socket:
             status = StatusServer(config.status_socket, lambda: snapshot(instance, config, state, engine.session))

@@ -11,6 +11,10 @@ never pause the pump: they manage their own queues (CoDel, and drops of bulk bey
 
 Incoming: channels deliver decoded packets, which are written to the TUN device at once.
 
+A device with a side queue (QUIC mode, tun.py) has pings and other packets that are neither TCP
+nor UDP on a queue of their own: the pump writes such packets from the peer there, reads the answer
+from there, and reads it first whenever it reads the main queue.
+
 While no session is attached (start-up, reconnects) the packets read are held, not dropped (see
 HeldPackets), and sent first when the next session attaches.
 
@@ -254,7 +258,10 @@ class PacketPump:
             # under load was most of a ping's wait at this end (0.9 ms of 1.4, median).
             self._ping_due = self._answer_due = False
             if self._reading:
-                self._read_batch()
+                if self.tun.side_fd >= 0:
+                    self._read_side()
+                else:
+                    self._read_batch()
         elif self._answer_due:
             # A ping (or a DNS query to the host) written in the batch was answered by the local
             # stack inside the write: read the answer now, as the eager TCP-mode pump does, not on
@@ -306,7 +313,8 @@ class PacketPump:
             if not other:
                 return
             ping = any(map(is_echo_request, other))
-            self._write(channel, other)
+            side = self.tun.side_fd
+            self._write(channel, other, side)  # (the side queue's, when the device has one: tun.py)
             if ping and not self._ping_read and self._reading:
                 # The first ping of a batch: the kernel answered it inside the write, so its
                 # reply goes out now, not after the rest of the batch and the ACK in the packet
@@ -320,7 +328,9 @@ class PacketPump:
                     # not a second one that fails (EAGAIN). In a stream of reads the reply may
                     # queue behind what the stack sent before it: read to EAGAIN, below.
                     self._last_read = now
-                    self._read_one()
+                    self._read_one(side)
+                elif side >= 0:
+                    self._read_side()  # (the reply is there, in a queue of its own: not the bulk)
                 else:
                     self._read_batch()  # (to EAGAIN: the answers of the rest of `other` too)
                 return
@@ -329,8 +339,11 @@ class PacketPump:
             return
         self._write(channel, packets)
 
-    def _write(self, channel: PacketChannel, packets: list[bytes]) -> None:
-        fd, offload = self.tun.fd, self._offload
+    def _write(self, channel: PacketChannel, packets: list[bytes], fd: int = -1) -> None:
+        """Write packets to the device, on the main queue or on queue ``fd``."""
+        if fd < 0:
+            fd = self.tun.fd
+        offload = self._offload
         written = size = 0
         if offload or not self.tun.vnet_hdr:
             # An offload peer's frames carry their own virtio header: written as they are.
@@ -412,11 +425,15 @@ class PacketPump:
     def _add_reader(self) -> None:
         if not self._reading and self._loop is not None and self.tun.fd >= 0:
             self._loop.add_reader(self.tun.fd, self._on_tun_readable)
+            if self.tun.side_fd >= 0:
+                self._loop.add_reader(self.tun.side_fd, self._read_side)
             self._reading = True
 
     def _remove_reader(self) -> None:
         if self._reading and self._loop is not None and self.tun.fd >= 0:
             self._loop.remove_reader(self.tun.fd)
+            if self.tun.side_fd >= 0:
+                self._loop.remove_reader(self.tun.side_fd)
         self._reading = False
 
     def _on_tun_readable(self) -> None:
@@ -435,7 +452,10 @@ class PacketPump:
         self._read_batch()
 
     def _read_batch(self) -> None:
-        fd, reads, budget = self.tun.fd, [], TUN_BATCH_BYTES
+        fd, budget = self.tun.fd, TUN_BATCH_BYTES
+        # The side queue first: a ping there goes before the bulk read here (both channels' sends
+        # put the shortest batches first).
+        reads = self._side_reads() if self.tun.side_fd >= 0 else []
         empty = False
         try:
             # A read more than the device holds (EAGAIN) ends a batch: there is no cheaper way to
@@ -455,17 +475,40 @@ class PacketPump:
             self._send(reads, in_stream=True)
         self._last_read = self._last_batch = time.monotonic()  # after the batch: sending takes a while
 
-    def _read_one(self) -> None:
+    def _read_one(self, fd: int = -1) -> None:
+        """Read one packet, from the main queue or from queue ``fd``, and send it."""
+        main = fd < 0 or fd == self.tun.fd
         try:
-            data = os.read(self.tun.fd, READ_SIZE)
+            data = os.read(self.tun.fd if fd < 0 else fd, READ_SIZE)
         except BlockingIOError:
-            self._empty = True
+            if main:
+                self._empty = True
             return
         except OSError as exc:
             log.warning("reading %s failed: %s", self.tun.name, exc.strerror or exc)
             return
-        self._empty = False  # more may be waiting: the next wake-up reads a batch
+        if main:
+            self._empty = False  # more may be waiting: the next wake-up reads a batch
         self._send([data])
+
+    def _read_side(self) -> None:
+        """Read the side queue to its end and send what it held. Its reads tell nothing of the
+        bulk (``_busy``): they are not a stream's."""
+        reads = self._side_reads()
+        self._last_read = time.monotonic()
+        if reads:
+            self._send(reads)
+
+    def _side_reads(self) -> list[bytes]:
+        fd, reads = self.tun.side_fd, []
+        try:
+            for _ in range(TUN_BATCH):
+                reads.append(os.read(fd, READ_SIZE))
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            log.warning("reading %s failed: %s", self.tun.name, exc.strerror or exc)
+        return reads
 
     def _send(self, reads: list[bytes], in_stream: bool = False) -> None:
         """Sort reads from the device into per-channel batches and hand each channel its batch;

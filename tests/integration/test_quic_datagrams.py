@@ -9,8 +9,10 @@ The tests in test_tunnel.py run QUIC with the defaults too, so they cross this p
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +162,48 @@ def test_a_udp_burst_reaches_the_device_in_merged_writes_and_intact(
     # what came, came whole.
     assert result["received"] >= count // 10, result
     assert writes <= result["received"] * 3 // 4, (writes, result)
+
+
+def tun_tx_dropped(hosts: NetnsPair, netns: str) -> int:
+    """Packets the kernel dropped because a queue of the device was full."""
+    return int(hosts.run(netns, "cat", "/sys/class/net/rustvpn/statistics/tx_dropped").stdout)
+
+
+def test_pings_cross_a_flood_that_overflows_the_device_queue(hosts: NetnsPair, tmp_path: Path) -> None:
+    """A local UDP sender floods the tunnel far beyond what it carries. The client's device drops
+    most of the flood where it waits, on its main queue; the pings sent alongside wait on the side
+    queue, behind nothing, and cross. On one queue they were dropped like the flood (tun.py)."""
+    _, cli, _ = start(hosts, tmp_path, [], [])
+    assert "take a queue of their own, fixed by a steering program" in cli.log()
+    target = tun_ip(SERVER_TUN4)
+    dropped_before = tun_tx_dropped(hosts, hosts.client)
+    sink = subprocess.Popen(
+        ["ip", "netns", "exec", hosts.server, sys.executable, UDP_BURST, "recv", target, "5302", str(10**9), "1200"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    flood: subprocess.Popen[str] | None = None
+    try:
+        assert sink.stdout is not None
+        assert sink.stdout.readline().strip() == "listening"
+        flood = subprocess.Popen(
+            ["ip", "netns", "exec", hosts.client, sys.executable, UDP_BURST, "flood", target, "5302", "6", "1200"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(1)  # the flood fills the device's main queue
+        ping = hosts.run(hosts.client, "ping", "-n", "-q", "-c", "100", "-i", "0.02", "-W", "2", target, check=False)
+        flood_out, _ = flood.communicate(timeout=30)
+        came = json.loads(sink.stdout.readline())["received"]
+    finally:
+        for proc in (flood, sink):
+            if proc is not None:
+                proc.kill()
+    sent = int(flood_out)
+    dropped = tun_tx_dropped(hosts, hosts.client) - dropped_before
+    replies = re.search(r"(\d+) received", ping.stdout)
+    assert replies is not None, ping.stdout
+    answered = int(replies.group(1))
+    print(f"flood: {sent} sent, {dropped} dropped by the client's device, {came} came; pings answered: {answered}/100")
+    assert dropped >= sent // 4, (sent, dropped)  # the flood overflowed the queue it waits in
+    assert answered >= 90, ping.stdout

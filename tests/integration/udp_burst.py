@@ -3,6 +3,7 @@
     udp_burst.py send ADDRESS PORT COUNT SIZE   datagrams 0..COUNT-1 of SIZE bytes, as fast as it can
     udp_burst.py recv ADDRESS PORT COUNT SIZE   prints "listening", then one JSON line: how many came,
                                                 how many were not what was sent, whether in order
+    udp_burst.py flood ADDRESS PORT SECONDS SIZE  datagrams as fast as it can for SECONDS; prints how many
 
 Datagram n is n as 4 bytes and then its low byte repeated: any change on the way shows.
 """
@@ -13,6 +14,7 @@ import contextlib
 import json
 import socket
 import sys
+import time
 
 
 def datagram(seq: int, size: int) -> bytes:
@@ -23,6 +25,15 @@ def main() -> None:
     mode, address, port, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    if mode == "flood":
+        sent, end, payload = 0, time.monotonic() + count, datagram(0, size)
+        while time.monotonic() < end:
+            for _ in range(100):
+                with contextlib.suppress(OSError):
+                    sock.sendto(payload, (address, port))
+                    sent += 1
+        print(sent, flush=True)
+        return
     if mode == "send":
         for seq in range(count):
             with contextlib.suppress(OSError):  # a full queue on the way: lost like any datagram

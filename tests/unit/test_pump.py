@@ -453,6 +453,77 @@ def test_a_ping_in_a_gathered_batch_has_the_device_read_whole_behind_it(monkeypa
         run_on(tun, kernel_end, scenario)
 
 
+@contextmanager
+def side_queue_device() -> Iterator[tuple[TunDevice, socket.socket, socket.socket]]:
+    """A device with a side queue (tun.py): a socket pair for each of its two queues."""
+    main_end, main_kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    side_end, side_kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    ends = (main_end, main_kernel, side_end, side_kernel)
+    for end in ends:
+        end.setblocking(False)
+    tun = TunDevice("unit0", os.dup(main_end.fileno()), True, os.dup(side_end.fileno()))
+    try:
+        yield tun, main_kernel, side_kernel
+    finally:
+        tun.close()
+        for end in ends:
+            end.close()
+
+
+def test_with_a_side_queue_a_ping_is_written_there_and_its_reply_read_from_there_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """In a stream of reads (bulk waiting on the main queue) a ping from the peer goes to the
+    device on the side queue, and its reply is read from there at once; the bulk is left for the
+    next turn rather than read in front of the reply. TCP goes on the main queue."""
+    monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))
+    channels = [Recorder()]
+    bulk = [udp4(4000 + i, 53) for i in range(5)]
+    reply = ping4(3, kind=0)
+
+    with side_queue_device() as (tun, main_kernel, side_kernel):
+
+        async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+            pump.attach(channels, MTU)
+            for packet in bulk:
+                main_kernel.send(bytes(VNET_HDR_LEN) + packet)
+            side_kernel.send(bytes(VNET_HDR_LEN) + reply)
+            with pump.batch():
+                pump.deliver(channels[0], [*tcp_run(4, 2), ping4(3)])
+                assert channels[0].sent == [reply]  # at once
+            assert channels[0].sent == [reply]  # and nothing of the bulk in this turn
+            assert drain(side_kernel) == [bytes(VNET_HDR_LEN) + ping4(3)]
+            written = drain(main_kernel)
+            assert written and all(w[VNET_HDR_LEN + 9] == 6 for w in written)  # the TCP run
+            await until(lambda: len(channels[0].sent) == 1 + len(bulk))
+            assert channels[0].sent == [reply, *bulk]
+
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        totals = run_on(tun, main_kernel, scenario)
+    assert totals.packets_out == 1 + len(bulk)
+
+
+def test_a_read_of_the_main_queue_takes_the_side_queue_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both queues readable, the main one first: the ping waiting on the side queue is handed to
+    its channel before the bulk read in the same turn."""
+    channels = [Recorder()]
+    bulk = [udp4(5000, 6000, bytes([i])) for i in range(6)]
+    ping = ping4(1)
+
+    with side_queue_device() as (tun, main_kernel, side_kernel):
+
+        async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+            pump.attach(channels, MTU)
+            for packet in bulk:
+                main_kernel.send(bytes(VNET_HDR_LEN) + packet)
+            side_kernel.send(bytes(VNET_HDR_LEN) + ping)
+            await until(lambda: len(channels[0].sent) == len(bulk) + 1)
+
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        run_on(tun, main_kernel, scenario)
+    assert channels[0].sent == [ping, *bulk]
+
+
 def test_short_batches_go_to_their_channels_before_bulk() -> None:
     """A ping read behind a bulk flow's packets is handed over before that flow's batch is, so
     it does not wait while the bulk is encrypted; each flow keeps its own order."""
