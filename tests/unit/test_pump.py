@@ -524,6 +524,34 @@ def test_a_read_of_the_main_queue_takes_the_side_queue_first(monkeypatch: pytest
     assert channels[0].sent == [ping, *bulk]
 
 
+def test_a_ping_that_comes_while_a_batch_is_sent_goes_before_the_loop_turns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ping put on the side queue while the bulk read from the main queue is being sent is read
+    and sent right after it, in the same turn of the event loop, not in the next."""
+    channel = Recorder()
+    bulk = [udp4(5000, 6000, bytes([i])) for i in range(6)]
+    ping = ping4(1)
+    next_turn: list[list[bytes]] = []  # what had been sent when the next turn began
+
+    with side_queue_device() as (tun, main_kernel, side_kernel):
+
+        def on_send() -> None:
+            if len(channel.sent) == len(bulk):  # the bulk's batch: the ping comes meanwhile
+                side_kernel.send(bytes(VNET_HDR_LEN) + ping)
+                asyncio.get_running_loop().call_soon(lambda: next_turn.append(list(channel.sent)))
+
+        channel.on_send = on_send
+
+        async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+            pump.attach([channel], MTU)
+            for packet in bulk:
+                main_kernel.send(bytes(VNET_HDR_LEN) + packet)
+            await until(lambda: len(channel.sent) == len(bulk) + 1)
+
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        run_on(tun, main_kernel, scenario)
+    assert next_turn == [[*bulk, ping]]
+
+
 def test_short_batches_go_to_their_channels_before_bulk() -> None:
     """A ping read behind a bulk flow's packets is handed over before that flow's batch is, so
     it does not wait while the bulk is encrypted; each flow keeps its own order."""
