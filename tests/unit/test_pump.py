@@ -470,6 +470,12 @@ def side_queue_device() -> Iterator[tuple[TunDevice, socket.socket, socket.socke
             end.close()
 
 
+def enqueue(kernel: socket.socket, *packets: bytes) -> None:
+    """Packets the kernel routes into the tunnel, waiting on a queue of a device with virtio headers."""
+    for packet in packets:
+        kernel.send(bytes(VNET_HDR_LEN) + packet)
+
+
 def test_with_a_side_queue_a_ping_is_written_there_and_its_reply_read_from_there_alone(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -485,9 +491,8 @@ def test_with_a_side_queue_a_ping_is_written_there_and_its_reply_read_from_there
 
         async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
             pump.attach(channels, MTU)
-            for packet in bulk:
-                main_kernel.send(bytes(VNET_HDR_LEN) + packet)
-            side_kernel.send(bytes(VNET_HDR_LEN) + reply)
+            enqueue(main_kernel, *bulk)
+            enqueue(side_kernel, reply)
             with pump.batch():
                 pump.deliver(channels[0], [*tcp_run(4, 2), ping4(3)])
                 assert channels[0].sent == [reply]  # at once
@@ -514,9 +519,8 @@ def test_a_read_of_the_main_queue_takes_the_side_queue_first(monkeypatch: pytest
 
         async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
             pump.attach(channels, MTU)
-            for packet in bulk:
-                main_kernel.send(bytes(VNET_HDR_LEN) + packet)
-            side_kernel.send(bytes(VNET_HDR_LEN) + ping)
+            enqueue(main_kernel, *bulk)
+            enqueue(side_kernel, ping)
             await until(lambda: len(channels[0].sent) == len(bulk) + 1)
 
         monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
@@ -536,15 +540,14 @@ def test_a_ping_that_comes_while_a_batch_is_sent_goes_before_the_loop_turns(monk
 
         def on_send() -> None:
             if len(channel.sent) == len(bulk):  # the bulk's batch: the ping comes meanwhile
-                side_kernel.send(bytes(VNET_HDR_LEN) + ping)
+                enqueue(side_kernel, ping)
                 asyncio.get_running_loop().call_soon(lambda: next_turn.append(list(channel.sent)))
 
         channel.on_send = on_send
 
         async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
             pump.attach([channel], MTU)
-            for packet in bulk:
-                main_kernel.send(bytes(VNET_HDR_LEN) + packet)
+            enqueue(main_kernel, *bulk)
             await until(lambda: len(channel.sent) == len(bulk) + 1)
 
         monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
