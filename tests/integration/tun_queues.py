@@ -30,20 +30,20 @@ LOCAL4, PEER4 = "192.0.2.1", "192.0.2.9"
 LOCAL6, PEER6 = "fd00:5e::1", "fd00:5e::9"
 
 
-def protocol(packet: bytes) -> int:
-    packet = packet[VNET_HDR_LEN:]
-    return packet[9] if packet[0] >> 4 == 4 else packet[6]
+def protocol(read: bytes) -> int:
+    """The IP protocol of a packet read from the device (behind its virtio header)."""
+    return read[VNET_HDR_LEN + 9] if read[VNET_HDR_LEN] >> 4 == 4 else read[VNET_HDR_LEN + 6]
 
 
-def flow(packet: bytes) -> str:
+def flow(read: bytes) -> str:
     """An answer's flow: "ping ID" for an IPv4 echo reply, "tcp PORT" for a TCP segment to PORT,
     else the protocol number."""
-    packet = packet[VNET_HDR_LEN:]
-    if packet[0] >> 4 == 4 and packet[9] == 1 and packet[20] == 0:
+    kind, packet = protocol(read), read[VNET_HDR_LEN:]
+    if packet[0] >> 4 == 4 and kind == 1 and packet[20] == 0:
         return f"ping {struct.unpack_from('!H', packet, 24)[0]}"
-    if packet[0] >> 4 == 4 and packet[9] == 6:
+    if packet[0] >> 4 == 4 and kind == 6:
         return f"tcp {struct.unpack_from('!H', packet, 22)[0]}"
-    return str(protocol(bytes(VNET_HDR_LEN) + packet))
+    return str(kind)
 
 
 def checksum(data: bytes) -> int:
