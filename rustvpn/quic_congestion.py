@@ -68,6 +68,21 @@ class TunnelPacer(QuicPacketPacer):
         super().update_rate(congestion_window, smoothed_rtt)
         self.bucket_max = max(self.bucket_max, PACING_BURST)
 
+    def allowance(self, now: float) -> int | None:
+        """How many packets may go at ``now``, as many as calls of ``next_send_time`` (None: send)
+        and ``update_after_send`` in turn would let go, for the price of one; None when the rate
+        is not known yet (no limit). Follow with :meth:`spend`."""
+        if self.packet_time is None:
+            return None
+        self.update_bucket(now=now)
+        return math.ceil(self.bucket_time / self.packet_time) if self.bucket_time > 0 else 0
+
+    def spend(self, packets: int) -> None:
+        """``packets`` sent at the time of the last :meth:`allowance`, as ``update_after_send``
+        once for each would count them."""
+        if self.packet_time is not None and packets:
+            self.bucket_time = max(0.0, self.bucket_time - packets * self.packet_time)
+
 
 class TunnelCongestionControl(QuicCongestionControl):
     def __init__(self, *, max_datagram_size: int) -> None:

@@ -25,7 +25,7 @@ import contextlib
 import enum
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from aioquic import tls
 from aioquic.quic import events
@@ -194,20 +194,34 @@ class QuicSessionMachine:
         self.quic.connect(addr, now=now)
 
     def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        self.receive_datagrams([(data, addr)], now)
+
+    def receive_datagrams(self, datagrams: Sequence[tuple[bytes, NetworkAddress]], now: float) -> None:
+        """Feed a batch of datagrams, in arrival order: runs of packets the short cut takes go
+        through it together, anything else through aioquic, one at a time."""
         self._now = now
         fast = self.fast_path
-        if fast is not None and self.phase is not Phase.ENDED:
-            payloads = fast.receive(data, addr, now)
-            if payloads is not None:
-                if payloads:
-                    self._datagram_frames(payloads)
-                if fast.acked:
-                    fast.apply_ack(now)
-                    if not self._aioquic_due:
-                        # An ACK may open the window for stream data, or have it declared lost and
-                        # queued again: aioquic has something to send only if a stream does.
-                        self._aioquic_due = any(not s.sender.buffer_is_empty for s in self.quic._streams.values())
-                return
+        index, end = 0, len(datagrams)
+        while index < end:
+            if fast is not None and self.phase is not Phase.ENDED:
+                taken, payloads, acks = fast.receive_many(datagrams, index, now)
+                if taken:
+                    index += taken
+                    if payloads:
+                        self._datagram_frames(payloads)
+                    if acks:
+                        fast.apply_acks(acks, now)
+                        if not self._aioquic_due:
+                            # An ACK may open the window for stream data, or have it declared
+                            # lost and queued again: aioquic has something to send only if a
+                            # stream does.
+                            self._aioquic_due = any(not s.sender.buffer_is_empty for s in self.quic._streams.values())
+                    continue
+            data, addr = datagrams[index]
+            index += 1
+            self._aioquic_receive(data, addr, now)
+
+    def _aioquic_receive(self, data: bytes, addr: NetworkAddress, now: float) -> None:
         self._aioquic_due = True
         space = self.quic._spaces.get(tls.Epoch.ONE_RTT)
         if space is not None and space.ack_at is not None:
@@ -472,11 +486,12 @@ class QuicSessionMachine:
                 log.warning("dropping DATAGRAM frames from %s: the config exchange did not agree on them", self.peer)
             return
         mtu = channel.mtu
-        for data in payloads:
-            if not 0 < len(data) <= mtu:
-                # The same rule as for a frame on a data stream (PROTOCOL.md, "Packet frame").
-                self._protocol_error(f"DATAGRAM frame of {len(data)} bytes (allowed 1..{mtu})")
-                return
+        sizes = list(map(len, payloads))
+        if min(sizes) < 1 or max(sizes) > mtu:
+            # The same rule as for a frame on a data stream (PROTOCOL.md, "Packet frame").
+            bad = next(size for size in sizes if not 0 < size <= mtu)
+            self._protocol_error(f"DATAGRAM frame of {bad} bytes (allowed 1..{mtu})")
+            return
         channel.deliver(payloads)
 
     def _config_data(self, data: bytes, fin: bool, now: float) -> None:

@@ -29,7 +29,14 @@ from rustvpn.quic_channel import QuicStreamChannel
 from rustvpn.quic_config import CONNECTION_ID_LENGTH, create_connection, quic_configuration
 from rustvpn.quic_datagram import DatagramChannel
 from rustvpn.quic_machine import MachineListener, Phase, QuicSessionMachine, describe_address
-from rustvpn.quic_udp import UdpEndpoint, connected_mtu, open_udp_socket, path_datagram_size, udp_payload_for_mtu
+from rustvpn.quic_udp import (
+    Datagrams,
+    UdpEndpoint,
+    connected_mtu,
+    open_udp_socket,
+    path_datagram_size,
+    udp_payload_for_mtu,
+)
 from rustvpn.session import Session
 from rustvpn.settings import TunnelConfig
 
@@ -69,10 +76,11 @@ class _Link(MachineListener):
     def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
         raise NotImplementedError
 
-    def receive(self, data: bytes, addr: NetworkAddress) -> None:
-        """Feed one datagram; the caller calls :meth:`transmit` after its batch."""
-        self.peer_addr = addr
-        self.machine.receive_datagram(data, addr, self._loop.time())
+    def receive(self, datagrams: Datagrams) -> None:
+        """Feed datagrams of this connection, in arrival order; the caller calls :meth:`transmit`
+        after its batch."""
+        self.peer_addr = datagrams[-1][1]
+        self.machine.receive_datagrams(datagrams, self._loop.time())
 
     def receive_early(self, data: bytes, addr: NetworkAddress) -> bool:
         """Deliver what a datagram read ahead of its turn carries, if it can go now (see
@@ -217,8 +225,7 @@ class _ClientLink(_Link):
 
     def _datagrams_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
         with _one_batch(self.pump):
-            for data, addr in datagrams:
-                self.receive(data, addr)
+            self.receive(datagrams)
         self.transmit()
 
     def _early_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
@@ -420,24 +427,42 @@ class QuicServer:
             link.transmit()  # an answer the device gave at once (a ping's reply)
 
     def _receive(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> dict[_ServerLink, None]:
-        """Feed each datagram to its link; returns the links fed, in arrival order, each once."""
+        """Feed each datagram to its link, runs of one connection's short-header packets
+        together; returns the links fed, in arrival order, each once."""
         touched: dict[_ServerLink, None] = {}
         links = self._links
-        for data, addr in datagrams:
+        run: Datagrams = []
+        run_link: _ServerLink | None = None
+        for datagram in datagrams:
+            data = datagram[0]
             # A short header (the common case) carries our connection id right after its first
             # byte: look it up without parsing the header.
             link = links.get(data[1 : 1 + CONNECTION_ID_LENGTH]) if data and not data[0] & 0x80 else None
-            if link is None:
-                link = self._long_header(data, addr)
-                if link is None:
-                    continue
-            link.receive(data, addr)
-            if link.machine.quic._state is QuicConnectionState.FIRSTFLIGHT:
-                # A new connection whose Initial did not decrypt: garbage. It keeps no slot, no state.
-                link._gone()
+            if link is not None:
+                if link is not run_link:
+                    if run_link is not None:
+                        self._feed(run_link, run, touched)
+                    run, run_link = [], link
+                run.append(datagram)
                 continue
-            touched[link] = None
+            if run_link is not None:
+                self._feed(run_link, run, touched)
+                run, run_link = [], None
+            link = self._long_header(data, datagram[1])
+            if link is not None:
+                self._feed(link, [datagram], touched)
+        if run_link is not None:
+            self._feed(run_link, run, touched)
         return touched
+
+    @staticmethod
+    def _feed(link: _ServerLink, datagrams: Datagrams, touched: dict[_ServerLink, None]) -> None:
+        link.receive(datagrams)
+        if link.machine.quic._state is QuicConnectionState.FIRSTFLIGHT:
+            # A new connection whose Initial did not decrypt: garbage. It keeps no slot, no state.
+            link._gone()
+            return
+        touched[link] = None
 
     def _long_header(self, data: bytes, addr: NetworkAddress) -> _ServerLink | None:
         """The link for a datagram that is not a short-header packet of a known connection."""

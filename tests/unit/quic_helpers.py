@@ -162,8 +162,12 @@ class Wire:
             datagrams = filt(datagrams)
         if self.cut:
             return 0
-        for data in datagrams:
-            target.receive_datagram(data, addr, self.now)
+        if isinstance(target, QuicSessionMachine):
+            # A batch, as the transport hands over what one wake-up read from the socket.
+            target.receive_datagrams([(data, addr) for data in datagrams], self.now)
+        else:
+            for data in datagrams:
+                target.receive_datagram(data, addr, self.now)
         return len(datagrams)
 
     def step(self) -> int:

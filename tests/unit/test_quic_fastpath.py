@@ -525,3 +525,90 @@ def test_the_short_cuts_timer_is_aioquics_in_every_state_it_covers(pki: dict[str
     check()
     assert seen == {"ack owed", "in flight", "loss time", "pacing", "probe backoff"}
     assert server_rec.packets and client.phase is Phase.UP and server.phase is Phase.UP
+
+
+def ping_packet(seq: int) -> bytes:
+    """An IPv4/ICMP-looking packet numbered ``seq`` (84 bytes, as a default ping)."""
+    return bytes([0x45]) + bytes(8) + bytes([1]) + bytes(10) + seq.to_bytes(4, "big") * 16
+
+
+def sent_one_per_packet(client: QuicSessionMachine, packets: list[bytes]) -> list[bytes]:
+    """The client's datagrams for ``packets``, as the pacer lets them go (packets of 1000 bytes or
+    more take a QUIC packet each)."""
+    send(client, packets)
+    out: list[bytes] = []
+    for step in range(20):
+        out += [data for data, _ in client.datagrams_to_send(1.0 + step / 1000)]
+    return out
+
+
+def test_a_batch_goes_to_the_device_in_one_delivery_but_a_ping_does_not_wait_for_the_rest(
+    pki: dict[str, Path],
+) -> None:
+    """receive_datagrams() opens a batch of the short cut's packets and delivers their packets
+    together (one call into the pump, which merges them), in order; a packet that is neither TCP
+    nor UDP ends a delivery, so a ping goes to the device before the packets behind it in the
+    batch are decrypted."""
+    _, client, server, _, _ = up_pair(pki)
+    deliveries: list[list[bytes]] = []
+    server.bind(lambda _channel, packets: deliveries.append(list(packets)))
+    bulk = [packet(i, 1000) for i in range(1, 5)]
+    datagrams = sent_one_per_packet(client, bulk)
+    assert len(datagrams) == 4
+    server.receive_datagrams([(d, CLIENT_ADDR) for d in datagrams], 1.05)
+    assert deliveries == [bulk]
+
+    deliveries.clear()
+    ping = ping_packet(7)
+    more = [packet(i, 1100) for i in range(10, 14)]  # (no room for the ping beside one)
+    datagrams = sent_one_per_packet(client, [*more, ping])
+    # The ping jumped the sender's queue (jumps_the_queue); here it comes in the middle of a batch.
+    [ping_datagram] = [d for d in datagrams if len(d) < 200]
+    bulk_datagrams = [d for d in datagrams if d is not ping_datagram]
+    batch = [*bulk_datagrams[:2], ping_datagram, *bulk_datagrams[2:]]
+    server.receive_datagrams([(d, CLIENT_ADDR) for d in batch], 1.1)
+    assert deliveries == [[*more[:2], ping], more[2:]]
+    assert server.phase is Phase.UP
+
+
+def test_a_batch_keeps_its_order_around_packets_for_aioquic_and_drops_its_duplicates(pki: dict[str, Path]) -> None:
+    """A packet the short cut does not take (stream data, a replay, a damaged one) in the middle of
+    a batch goes to aioquic in its turn; the short cut goes on with the packets after it."""
+    _, client, server, _, server_rec = up_pair(pki)
+    first = sent_one_per_packet(client, [packet(1, 1000), packet(2, 1000)])
+    client.channels[0].send_packets([packet(3, 1300)])  # too big for a DATAGRAM frame: stream data
+    stream = [data for data, _ in client.datagrams_to_send(1.1)]
+    last = sent_one_per_packet(client, [packet(4, 1000)])
+    damaged = bytearray(last[0])
+    damaged[-1] ^= 1
+    assert server.fast_path is not None
+    taken = server.fast_path.received
+    batch = [first[0], first[0], *stream, bytes(damaged), first[1], last[0], first[1]]
+    server.receive_datagrams([(d, CLIENT_ADDR) for d in batch], 1.2)
+    assert server_rec.on(DATAGRAMS) == [packet(1, 1000), packet(2, 1000), packet(4, 1000)]
+    assert server_rec.on(server.channels[0].stream_id) == [packet(3, 1300)]
+    assert server.fast_path.received == taken + 3
+    assert server.phase is Phase.UP
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.permutations(range(12)), st.integers(min_value=1, max_value=12))
+def test_a_batch_leaves_the_ack_ranges_that_packets_fed_one_by_one_would(
+    pki: dict[str, Path], order: list[int], size: int
+) -> None:
+    """The short cut adds runs of consecutive packet numbers to the ACK ranges in one call: with
+    packets reordered and lost (the first ``size`` of a permutation arrive), the ranges are those
+    of one add() per packet, as aioquic makes them."""
+    wire, client, server, _, _ = up_pair(pki)
+    wire.run(seconds=0.2)  # nothing owed: no ACK frame rides (its ACK of ACK would prune the ranges)
+    first_pn = client.quic._packet_number
+    datagrams = sent_one_per_packet(client, [packet(i, 1000) for i in range(12)])
+    assert len(datagrams) == 12 and client.quic._packet_number == first_pn + 12
+    assert len(set(map(len, datagrams))) == 1
+    space = server.quic._spaces[Epoch.ONE_RTT]
+    expected = RangeSet(list(space.ack_queue))
+    for index in order[:size]:
+        expected.add(first_pn + index)
+    server.receive_datagrams([(datagrams[i], CLIENT_ADDR) for i in order[:size]], 1.1)
+    assert list(space.ack_queue) == list(expected)
+    assert space.largest_received_packet == first_pn + max(order[:size])
