@@ -74,6 +74,8 @@ def _varint(value: int) -> bytes:
     return (value | 0xC000000000000000).to_bytes(8, "big")
 
 
+_new_object = object.__new__
+
 # The max_ack_delay aioquic announces to the peer (25 ms, fixed in aioquic 1.7.2), and how long
 # the ACK of a lone packet may wait for a packet of ours to ride in: within that, with 2 ms spare
 # for a late timer. aioquic acknowledges every packet within 1 ms (its ``_ack_delay``); for a
@@ -269,17 +271,21 @@ class DatagramFastPath:
         """Register a packet just sealed with aioquic's loss recovery, as aioquic registers its
         own: in flight and ack-eliciting (a DATAGRAM frame, a PING), or neither (an ACK alone)."""
         q = self.quic
-        packet = QuicSentPacket(
-            epoch=Epoch.ONE_RTT,
-            in_flight=eliciting,
-            is_ack_eliciting=eliciting,
-            is_crypto_packet=False,
-            packet_number=pn,
-            packet_type=QuicPacketType.ONE_RTT,
-            sent_time=now,
-            sent_bytes=len(datagram),
-            delivery_handlers=handlers,
-        )
+        # Every field of the dataclass, filled in directly: its __init__ with keywords costs twice
+        # this, once a packet (tests/unit/test_quic_fastpath.py checks the fields).
+        packet = _new_object(QuicSentPacket)
+        packet.__dict__ = {
+            "epoch": Epoch.ONE_RTT,
+            "in_flight": eliciting,
+            "is_ack_eliciting": eliciting,
+            "is_crypto_packet": False,
+            "packet_number": pn,
+            "packet_type": QuicPacketType.ONE_RTT,
+            "sent_time": now,
+            "sent_bytes": len(datagram),
+            "delivery_handlers": handlers,
+            "quic_logger_frames": [],
+        }
         q._loss.on_packet_sent(packet=packet, space=space)
         q._network_paths[0].bytes_sent += len(datagram)
         # Restart the idle timer on the first ack-eliciting packet since one was received.

@@ -9,11 +9,13 @@ declared lost, the congestion window working, key updates and stream data handle
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from aioquic._buffer import Buffer
 from aioquic.quic.packet import push_ack_frame
+from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.rangeset import RangeSet
 from aioquic.tls import Epoch
 from hypothesis import given, settings
@@ -612,3 +614,17 @@ def test_a_batch_leaves_the_ack_ranges_that_packets_fed_one_by_one_would(
     server.receive_datagrams([(datagrams[i], CLIENT_ADDR) for i in order[:size]], 1.1)
     assert list(space.ack_queue) == list(expected)
     assert space.largest_received_packet == first_pn + max(order[:size])
+
+
+def test_the_short_cuts_sent_packets_are_aioquics_with_every_field(pki: dict[str, Path]) -> None:
+    """_record fills in aioquic's QuicSentPacket without its __init__: every field must be there,
+    with the value the dataclass would hold."""
+    _, client, _, _, _ = up_pair(pki)
+    send(client, [packet(1)])
+    client.datagrams_to_send(1.0)
+    space = client.quic._spaces[Epoch.ONE_RTT]
+    sent = space.sent_packets[client.quic._packet_number - 1]
+    names = [f.name for f in dataclasses.fields(QuicSentPacket)]
+    assert sorted(vars(sent)) == sorted(names)
+    assert sent == QuicSentPacket(**{name: getattr(sent, name) for name in names})
+    assert sent.in_flight and sent.is_ack_eliciting and sent.sent_time == 1.0 and sent.quic_logger_frames == []
