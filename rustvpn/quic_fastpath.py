@@ -329,8 +329,10 @@ class DatagramFastPath:
         the packet is applied (no ACK range, no ACK frame, no timer) until receive_many() takes it
         in arrival order, so the peer never sees it acknowledged ahead of the packets before it.
         None when it is not one of ours, was seen already or carries no DATAGRAM frame."""
-        opener = self._opener()
-        opened = opener.open(data, addr, self._space.expected_packet_number) if opener is not None else None  # type: ignore[union-attr]
+        opener, space = self._opener(), self._space
+        if opener is None or space is None:
+            return None
+        opened = opener.open(data, addr, space.expected_packet_number)
         if opened is None or not opened[1][0] or opened[0] in self._delivered_early:
             return None
         if len(self._delivered_early) >= MAX_EARLY:  # receive_many() never came for some (a closed path)

@@ -9,14 +9,16 @@ live Python allocations (``heap_blocks``) from the status socket (the snapshot's
 figures). An early window after warm-up is compared with the last window of the run (warm-up and
 windows are a tenth of the run each; at least 20 s and 10 s): none of the figures may grow by more
 than 10%, RSS by more than 10% or RSS_ALLOCATOR_SLACK, whichever is more. RSS has that allowance
-because the C allocator keeps freed memory after a load peak for reuse: RSS steps up by 2-6 MiB at
-a random moment of some runs and stays there while ``heap_blocks`` stays flat (one such step failed
-a CI run at 41.3 -> 47.0 MiB). A Python leak raises ``heap_blocks``, which has no allowance. Each
-window's figure is its minimum, so a task or buffer that happens to exist at one sampling instant is
-not taken for growth, while a leak, which raises the floor, is. No session may be lost: each side
-reports exactly one session and no reconnect, and neither log has a "lost" line. All samples are
-written to soak-samples.json in the test's directory, and the RSS trend after warm-up is reported
-(on a 2-minute run it is noise; on a long one, a steady slope is a leak below Python).
+because the C allocator keeps freed memory after a load peak for reuse: RSS steps up by 2-10 MiB at
+a random moment of some runs and stays there while ``heap_blocks`` stays flat (such steps failed a
+CI run at 41.3 -> 47.0 MiB with an allowance of 4 MiB, and one in TCP mode at 40.1 -> 50.0 MiB, with
+``heap_blocks`` 147328 -> 148079, with an allowance of 8 MiB). A Python leak raises
+``heap_blocks``, which has no allowance. Each window's figure is its minimum, so a task or buffer
+that happens to exist at one sampling instant is not taken for growth, while a leak, which raises
+the floor, is. No session may be lost: each side reports exactly one session and no reconnect, and
+neither log has a "lost" line. All samples are written to soak-samples.json in the test's
+directory, and the RSS trend after warm-up is reported (on a 2-minute run it is noise; on a long
+one, a steady slope is a leak below Python).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ SOAK_MINUTES = float(os.environ.get("RUSTVPN_SOAK_MINUTES", "2"))
 SAMPLE_EVERY = 2.0
 WINDOW = 10.0  # seconds of samples that make one window's figure, at least
 GROWTH_LIMIT = 1.10
-RSS_ALLOCATOR_SLACK = 8 << 20  # bytes: see the module docstring
+RSS_ALLOCATOR_SLACK = 12 << 20  # bytes: see the module docstring
 IPERF_PORT = "5202"
 FIGURES = ("open_fds", "threads", "asyncio_tasks", "heap_blocks", "rss_bytes")
 
