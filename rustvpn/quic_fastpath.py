@@ -210,11 +210,10 @@ class DatagramFastPath:
         out: list[bytes] = []
         allowed = pacer.allowance(now)
         cc = loss._cc  # (the window and the bytes in flight are properties of loss recovery over it)
+        paced = False  # stopped by the pacer, with frames left
         while pending:
             if allowed is not None and len(out) >= allowed:
-                pacer.spend(len(out))
-                q._pacing_at = pacer.next_send_time(now=now)  # aioquic's timer then wakes the sender
-                allowed = None  # (spent)
+                paced = True
                 break
             room = min(packet_room, cc.congestion_window - cc.bytes_in_flight - header_size - AEAD_TAG)
             frames: list[bytes] = []
@@ -248,6 +247,8 @@ class DatagramFastPath:
             out.append(datagram)
         if allowed is not None:
             pacer.spend(len(out))
+        if paced:
+            q._pacing_at = pacer.next_send_time(now=now)  # aioquic's timer then wakes the sender
         q._packet_number = pn
         self.sent += len(out)
         return out
@@ -394,9 +395,7 @@ class DatagramFastPath:
                 run_stop += 1
             else:
                 if run_stop >= 0:
-                    ack_queue.add(run_start, run_stop)
-                    if len(ack_queue) > MAX_ACK_RANGES:
-                        ack_queue.shift()
+                    _acknowledge(ack_queue, run_start, run_stop)
                 run_start, run_stop = pn, pn + 1
             received.add(pn)
             if eliciting:
@@ -414,9 +413,7 @@ class DatagramFastPath:
         taken = index - start
         if taken:
             if run_stop >= 0:
-                ack_queue.add(run_start, run_stop)
-                if len(ack_queue) > MAX_ACK_RANGES:
-                    ack_queue.shift()
+                _acknowledge(ack_queue, run_start, run_stop)
             space.expected_packet_number = expected
             space.largest_received_packet = largest
             space.ack_at = ack_at
@@ -463,8 +460,7 @@ class _Opener:
     """Removes header protection from and decrypts the short cut's packets under one set of 1-RTT
     receive keys, for one batch (the keys change only in aioquic's own receive, between batches).
 
-    It calls the ciphers aioquic's wrappers hold directly (aioquic 1.7.2: ``AEAD._aead`` and
-    ``._iv``, ``HeaderProtection._encryptor`` and ``._is_chacha20``): the wrappers cost three
+    It calls the ciphers aioquic's wrappers hold directly (see _ciphers): the wrappers cost three
     Python calls a packet around two calls into OpenSSL."""
 
     __slots__ = (
@@ -485,10 +481,8 @@ class _Opener:
     def __init__(
         self, crypto: Any, cid: bytes, peer: NetworkAddress, max_frame: int | None, received: QuicPacketNumberWindow
     ) -> None:
-        hp, aead = crypto.hp, crypto.aead
-        self._mask: Callable[[bytes], bytes] = hp._mask if hp._is_chacha20 else hp._encryptor.update
-        self._decrypt: Callable[[bytes, bytes, bytes], bytes] = aead._aead.decrypt
-        self._iv: int = aead._iv
+        self._mask, aead, self._iv = _ciphers(crypto)
+        self._decrypt: Callable[[bytes, bytes, bytes], bytes] = aead.decrypt
         self._key_phase: int = crypto.key_phase
         self._cid, self._cid_end = cid, 1 + len(cid)
         self._header_size = self._cid_end + PN_SEND_SIZE
@@ -544,6 +538,22 @@ class _Opener:
         return None if parsed is None else (pn, parsed)
 
 
+def _acknowledge(ack_queue: RangeSet, start: int, stop: int) -> None:
+    """Add received packet numbers to the ranges to acknowledge, keeping at most MAX_ACK_RANGES
+    (the oldest go), as aioquic does."""
+    ack_queue.add(start, stop)
+    if len(ack_queue) > MAX_ACK_RANGES:
+        ack_queue.shift()
+
+
+def _ciphers(crypto: Any) -> tuple[Callable[[bytes], bytes], Any, int]:
+    """A crypto context's header-protection mask function, AEAD and IV, as the wrappers of aioquic
+    1.7.2 hold them (``HeaderProtection._encryptor``/``._is_chacha20``, ``AEAD._aead``/``._iv``):
+    for AES, the mask is one ECB block through the kept context; ChaCha20 keeps aioquic's ``_mask``."""
+    hp, aead = crypto.hp, crypto.aead
+    return (hp._mask if hp._is_chacha20 else hp._encryptor.update), aead._aead, aead._iv
+
+
 def _ack_frame_bytes(ack_queue: RangeSet, delay: int) -> tuple[bytes, int]:
     """An ACK frame (type, largest, encoded delay, ranges) of at most MAX_ACK_FRAME bytes, older
     ranges left out, as aioquic writes it; and how many ranges it holds."""
@@ -566,10 +576,8 @@ class _Sealer:
     __slots__ = ("_encrypt", "_iv", "_mask", "_prefix")
 
     def __init__(self, crypto: Any, first_byte: int, peer_cid: bytes) -> None:
-        hp, aead = crypto.hp, crypto.aead
-        self._mask: Callable[[bytes], bytes] = hp._mask if hp._is_chacha20 else hp._encryptor.update
-        self._encrypt: Callable[[bytes, bytes, bytes], bytes] = aead._aead.encrypt
-        self._iv: int = aead._iv
+        self._mask, aead, self._iv = _ciphers(crypto)
+        self._encrypt: Callable[[bytes, bytes, bytes], bytes] = aead.encrypt
         self._prefix = bytes((first_byte, *peer_cid))
 
     def seal(self, pn: int, payload: bytes) -> bytes:
