@@ -28,7 +28,7 @@ from aioquic.quic.connection import QuicConnection
 from rustvpn.codel import CoDel, QueueWait
 from rustvpn.errors import FrameError, ProtocolError
 from rustvpn.framing import FrameDecoder, encode_frames
-from rustvpn.pump import PacketChannel
+from rustvpn.pump import NO_DROPS, Drops, PacketChannel
 
 if TYPE_CHECKING:
     from rustvpn.quic_datagram import DatagramChannel
@@ -123,38 +123,46 @@ class QuicStreamChannel(BackloggedChannel):
         self.datagrams: DatagramChannel | None = None
 
     # -- sending ------------------------------------------------------------------------------
-    def send_packets(self, packets: list[bytes]) -> None:
-        if not self._session_up() or not packets:
-            return
+    def send_packets(self, packets: list[bytes]) -> Drops:
+        if not packets:
+            return NO_DROPS
+        if not self._session_up():
+            self.counters.dropped += len(packets)  # no session to carry them
+            return len(packets), sum(map(len, packets))
         datagrams = self.datagrams
+        lost = NO_DROPS
         # Behind bytes still waiting on the stream, packets stay on it: a DATAGRAM frame would
         # overtake them (aioquic writes DATAGRAM frames ahead of stream data).
         if datagrams is not None and not self.unsent():
-            taken = datagrams.take(packets)
+            taken, dropped, dropped_bytes = datagrams.take(packets)
             if taken:
-                # The pump counts every packet it hands to a channel on that channel; the ones
-                # that crossed as DATAGRAM frames are counted on the datagram channel instead.
-                self.counters.packets_out -= taken
-                self.counters.bytes_out -= sum(map(len, packets[:taken]))
+                # The pump counts what it hands to a channel, less what the channel drops, on that
+                # channel; what crossed as DATAGRAM frames is counted on the datagram channel.
+                self.counters.packets_out -= taken - dropped
+                self.counters.bytes_out -= sum(map(len, packets[:taken])) - dropped_bytes
                 packets = packets[taken:]
+                if dropped:
+                    lost = (dropped, dropped_bytes)  # counted as dropped by the datagram channel
             if not packets:  # all went as DATAGRAM frames, which the datagram channel sends
-                return
-        packets = self._admit(packets)
-        if not packets:
-            return
-        self._write(encode_frames(packets))
-        self._wait.queued(self._written, self._clock())
-        self._wakeup()
+                return lost
+        packets, dropped, dropped_bytes = self._admit(packets)
+        if dropped:
+            lost = (lost[0] + dropped, lost[1] + dropped_bytes)
+        if packets:
+            self._write(encode_frames(packets))
+            self._wait.queued(self._written, self._clock())
+            self._wakeup()
+        return lost
 
-    def _admit(self, packets: list[bytes]) -> list[bytes]:
-        """The packets that join the stream's queue; the others are counted as dropped (and taken
-        off what the pump counts as sent). Short packets are never CoDel's or the overload
-        bound's choice: they cost the queue little, and are what must get through a flood."""
+    def _admit(self, packets: list[bytes]) -> tuple[list[bytes], int, int]:
+        """The packets that join the stream's queue, and how many others were dropped, and their
+        bytes (counted here as dropped). Short packets are never CoDel's or the overload bound's
+        choice: they cost the queue little, and are what must get through a flood."""
         unsent = self.unsent()
         now = self._clock()
         drop_one = self.codel.should_drop(now, self.queue_delay(now, unsent))
         if not drop_one and unsent + sum(map(len, packets)) <= self.overload:
-            return packets  # the common case, decided without a look at each packet
+            return packets, 0, 0  # the common case, decided without a look at each packet
         overload, cap = self.overload, self.max_unsent
         kept: list[bytes] = []
         dropped = dropped_bytes = 0
@@ -167,12 +175,8 @@ class QuicStreamChannel(BackloggedChannel):
                 continue
             kept.append(packet)
             unsent += size + 2
-        if dropped:
-            counters = self.counters
-            counters.dropped += dropped
-            counters.packets_out -= dropped
-            counters.bytes_out -= dropped_bytes
-        return kept
+        self.counters.dropped += dropped
+        return kept, dropped, dropped_bytes
 
     def queue_delay(self, now: float, unsent: int | None = None) -> float:
         """How long the oldest byte not sent yet has waited on the stream."""

@@ -26,6 +26,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet_builder import PACKET_NUMBER_SEND_SIZE
 
 from rustvpn.codel import CoDel, QueueWait
+from rustvpn.pump import Drops
 from rustvpn.quic_channel import SHORT_PACKET, BackloggedChannel
 
 __all__ = ["MAX_QUEUED_DATAGRAMS", "OVERLOAD_QUEUED", "DatagramChannel", "datagram_room", "jumps_the_queue"]
@@ -45,6 +46,8 @@ DATAGRAM_FRAME_OVERHEAD = 1 + 2  # frame type, and the length as a 2-byte varint
 # backstop for memory.
 OVERLOAD_QUEUED = 512
 MAX_QUEUED_DATAGRAMS = 1024
+# take()'s answers without a drop in the commonest cases (no tuple built per call)
+_NONE_TAKEN, _ONE_TAKEN = (0, 0, 0), (1, 0, 0)
 
 
 def jumps_the_queue(packet: bytes) -> bool:
@@ -140,8 +143,9 @@ class DatagramChannel(BackloggedChannel):
         gone = self._queued_total - len(self.quic._datagrams_pending)  # sent (or dropped) since
         return self._wait.delay(gone, now)
 
-    def take(self, packets: list[bytes]) -> int:
-        """Send the leading packets that fit as DATAGRAM frames; returns how many were taken.
+    def take(self, packets: list[bytes]) -> tuple[int, int, int]:
+        """Send the leading packets that fit as DATAGRAM frames; returns how many were taken, and
+        how many of those were dropped, and their bytes.
 
         Taking stops at the first packet that does not fit, so that the rest keep their order
         behind it on the caller's stream; aioquic would never send an oversized frame, and it would
@@ -160,7 +164,7 @@ class DatagramChannel(BackloggedChannel):
             # having jumped, so that what jumps while it waits queues behind it).
             size = len(packets[0])
             if size > room:
-                return 0
+                return _NONE_TAKEN
             self.codel.should_drop(now, 0.0)  # an empty queue: CoDel leaves any dropping state
             self._ahead = (self._queued_total, 1)
             send(packets[0])
@@ -169,26 +173,29 @@ class DatagramChannel(BackloggedChannel):
             counters.bytes_out += size
             self._wait.restart(self._queued_total, now)  # (whatever was queued before is gone)
             self._queued()
-            return 1
+            return _ONE_TAKEN
         drop_one = self.codel.should_drop(now, self.queue_delay(now))
         cap, overload = self.max_queued, self.overload
-        taken = queued = 0
+        taken = queued = dropped = dropped_bytes = 0
         for packet in packets:
             size = len(packet)
             if size > room:
                 break
             taken += 1
             if len(pending) >= cap:
-                counters.dropped += 1
+                dropped += 1
+                dropped_bytes += size
                 continue
             if size <= SHORT_PACKET and jumps_the_queue(packet):
                 self._queue_ahead(packet)
             elif drop_one and size > SHORT_PACKET:
                 drop_one = False
-                counters.dropped += 1
+                dropped += 1
+                dropped_bytes += size
                 continue
             elif len(pending) >= overload:  # a flood: the bulk beyond the bound goes
-                counters.dropped += 1
+                dropped += 1
+                dropped_bytes += size
                 continue
             else:
                 send(packet)
@@ -196,10 +203,11 @@ class DatagramChannel(BackloggedChannel):
             queued += 1
             counters.packets_out += 1
             counters.bytes_out += size
+        counters.dropped += dropped
         if queued:
             self._wait.queued(self._queued_total, now)
             self._queued()
-        return taken
+        return taken, dropped, dropped_bytes
 
     def _queue_ahead(self, packet: bytes) -> None:
         """Queue a packet behind those that jumped the queue before it, ahead of all the rest.
@@ -230,8 +238,13 @@ class DatagramChannel(BackloggedChannel):
         """DATAGRAM frames waiting in aioquic to be sent."""
         return len(self.quic._datagrams_pending)
 
-    def send_packets(self, packets: list[bytes]) -> None:
+    def send_packets(self, packets: list[bytes]) -> Drops:
         # Not chosen by the pump itself (see QuicStreamChannel.send_packets); a packet that does
-        # not fit has no stream here and is dropped.
-        taken = self.take(packets)
-        self.counters.dropped += len(packets) - taken
+        # not fit has no stream here and is dropped. take() counted what it queued, and the
+        # caller counts the batch less the drops again: take the queued ones back off.
+        taken, dropped, dropped_bytes = self.take(packets)
+        unfit = packets[taken:]
+        self.counters.dropped += len(unfit)
+        self.counters.packets_out -= taken - dropped
+        self.counters.bytes_out -= sum(map(len, packets[:taken])) - dropped_bytes
+        return dropped + len(unfit), dropped_bytes + sum(map(len, unfit))

@@ -24,7 +24,7 @@ from typing import Any
 
 from rustvpn.errors import FrameError, SessionLost
 from rustvpn.framing import MAX_CONTROL_MESSAGE, FrameDecoder, encode_frame, encode_frames
-from rustvpn.pump import PacketChannel
+from rustvpn.pump import NO_DROPS, Drops, PacketChannel
 
 log = logging.getLogger("rustvpn.tcp")
 
@@ -160,10 +160,13 @@ class FramedConnection(asyncio.Protocol, PacketChannel):
         if early:
             sink(self, early)
 
-    def send_packets(self, packets: list[bytes]) -> None:
+    def send_packets(self, packets: list[bytes]) -> Drops:
         transport = self.transport
         if transport is not None and not transport.is_closing():
             transport.write(encode_frames(packets))  # one TLS write per batch
+            return NO_DROPS
+        self.counters.dropped += len(packets)  # the connection is going: nothing carries them
+        return len(packets), sum(map(len, packets))
 
     # -- teardown ----------------------------------------------------------------------------
     def close(self, reason: str = "closed locally") -> None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rustvpn.pump import PacketChannel, PacketPump
+from rustvpn.pump import NO_DROPS, Drops, PacketChannel, PacketPump
 from rustvpn.stats import Counters
 from rustvpn.tun import TunDevice
 from tests.hostile.nettools import ETH_P_IP, ETH_P_IPV6, ns_socket
@@ -136,8 +136,9 @@ class _Recorder(PacketChannel):
         super().__init__()
         self.sent: list[bytes] = []
 
-    def send_packets(self, packets: list[bytes]) -> None:
+    def send_packets(self, packets: list[bytes]) -> Drops:
         self.sent.extend(packets)
+        return NO_DROPS
 
 
 def test_pump_survives_zero_length_and_garbage_reads() -> None:

@@ -22,7 +22,7 @@ import pytest
 from rustvpn import pump as pump_module
 from rustvpn.flow_hash import StreamSelector, echo_id, flow_ports, is_echo_request
 from rustvpn.offload import VNET_HDR_LEN, plain_packets
-from rustvpn.pump import HOLD_PACKETS, HeldPackets, PacketChannel, PacketPump
+from rustvpn.pump import HOLD_PACKETS, NO_DROPS, Drops, HeldPackets, PacketChannel, PacketPump
 from rustvpn.stats import Counters
 from rustvpn.tun import TunDevice
 from tests.unit.test_gro import run as tcp_run
@@ -109,10 +109,11 @@ class Recorder(PacketChannel):
         self.sent: list[bytes] = []
         self.on_send = on_send
 
-    def send_packets(self, packets: list[bytes]) -> None:
+    def send_packets(self, packets: list[bytes]) -> Drops:
         self.sent.extend(packets)
         if self.on_send is not None:
             self.on_send()
+        return NO_DROPS
 
 
 @contextmanager
@@ -188,6 +189,39 @@ def test_packets_read_with_no_session_go_to_the_next_one_first() -> None:
     assert (totals.packets_out, totals.dropped) == (len(early) + len(later), 0)
 
 
+class Dropper(Recorder):
+    """A channel whose queue takes only its first ``room`` packets, as a full one does."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    def send_packets(self, packets: list[bytes]) -> Drops:
+        kept, lost = packets[: self.room], packets[self.room :]
+        self.room -= len(kept)
+        self.counters.dropped += len(lost)
+        self.sent.extend(kept)
+        return len(lost), sum(map(len, lost))
+
+
+def test_packets_a_channel_drops_count_as_dropped_not_as_sent() -> None:
+    """`rustvpn status` shows the totals: what a channel's queue dropped (CoDel, a full queue, a
+    connection going) must show there as dropped, and not among the packets sent."""
+    packets = [udp4(4000, 53, bytes(10 * i)) for i in range(1, 6)]
+    channel = Dropper(room=2)
+
+    async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+        pump.attach([channel], MTU)
+        await put(kernel, *packets)
+        await until(lambda: channel.counters.dropped + len(channel.sent) == len(packets))
+
+    totals = run(scenario)
+    assert channel.sent == packets[:2]
+    kept_bytes = sum(map(len, packets[:2]))
+    assert (totals.packets_out, totals.bytes_out, totals.dropped) == (2, kept_bytes, 3)
+    assert (channel.counters.packets_out, channel.counters.bytes_out, channel.counters.dropped) == (2, kept_bytes, 3)
+
+
 def test_packets_read_between_sessions_go_to_the_next_session() -> None:
     first, second = [Recorder()], [Recorder(), Recorder()]
 
@@ -245,9 +279,9 @@ class BatchRecorder(Recorder):
         super().__init__()
         self.batches: list[int] = []
 
-    def send_packets(self, packets: list[bytes]) -> None:
-        super().send_packets(packets)
+    def send_packets(self, packets: list[bytes]) -> Drops:
         self.batches.append(len(packets))
+        return super().send_packets(packets)
 
 
 @pytest.mark.parametrize("eager", [True, False])

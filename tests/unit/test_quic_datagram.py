@@ -36,7 +36,7 @@ from quic_helpers import (
 
 from rustvpn.codel import CoDel
 from rustvpn.framing import encode_frames
-from rustvpn.pump import PacketChannel
+from rustvpn.pump import Drops, PacketChannel
 from rustvpn.quic_config import MAX_DATAGRAM_FRAME_SIZE
 from rustvpn.quic_congestion import (
     DELAY_REDUCTION,
@@ -92,11 +92,13 @@ def udp_packet(size: int, port: int = 5000) -> bytes:
     return header + bytes([size % 251]) * (size - len(header))
 
 
-def send_like_the_pump(channel: PacketChannel, packets: list[bytes]) -> None:
-    """What PacketPump does with a batch: hand it over, then count it on the channel it chose."""
-    channel.send_packets(packets)
-    channel.counters.packets_out += len(packets)
-    channel.counters.bytes_out += sum(map(len, packets))
+def send_like_the_pump(channel: PacketChannel, packets: list[bytes]) -> Drops:
+    """What PacketPump does with a batch: hand it over, then count it, less what the channel
+    dropped, on the channel it chose."""
+    lost, lost_bytes = drops = channel.send_packets(packets)
+    channel.counters.packets_out += len(packets) - lost
+    channel.counters.bytes_out += sum(map(len, packets)) - lost_bytes
+    return drops
 
 
 def up_pair(pki: dict[str, Path], **both: Any) -> tuple[Wire, QuicSessionMachine, QuicSessionMachine, Any, Any]:
@@ -258,9 +260,16 @@ def test_queue_bound_drops_instead_of_growing(pki: dict[str, Path]) -> None:
     channel = client.datagram_channel
     assert channel is not None
     lane = client.channels[0]
+    handed = 0
+
+    def hand(packets: list[bytes]) -> Drops:
+        nonlocal handed
+        handed += len(packets)
+        return send_like_the_pump(lane, packets)
+
     wire.cut = True  # nothing is acknowledged any more: the congestion window fills and stays full
     batch = [udp_packet(1000)] * 32
-    send_like_the_pump(lane, batch)
+    hand(batch)
     client.datagrams_to_send(wire.now)
     held = channel.queued()
     assert held > 0 and channel.counters.dropped == 0
@@ -269,18 +278,19 @@ def test_queue_bound_drops_instead_of_growing(pki: dict[str, Path]) -> None:
     for _ in range(40):
         wire.now += 0.01
         client.datagrams_to_send(wire.now)  # what the driver does after every batch (the wire is cut)
-        send_like_the_pump(lane, [b"ping", *batch[:3]])
+        hand([b"ping", *batch[:3]])
     assert 1 < channel.counters.dropped < 40
     assert channel.codel.dropping and channel.counters.packets_out >= 40 + held
     # Traffic that does not slow down fills the queue to its bound, beyond which bulk packets are
     # dropped as they come: the pump is never paused (the kernel would then drop whatever came,
     # pings too), and pings and bare ACKs still get in.
     while channel.queued() < OVERLOAD_QUEUED:
-        send_like_the_pump(lane, batch)
+        hand(batch)
     dropped, queued = channel.counters.dropped, channel.queued()
-    send_like_the_pump(lane, [*batch, icmp_echo(7), tcp_segment(b""), *batch])
+    drops = hand([*batch, icmp_echo(7), tcp_segment(b""), *batch])
     assert not lane.paused
     assert channel.counters.dropped == dropped + 2 * len(batch)
+    assert drops == (2 * len(batch), 2 * len(batch) * 1000)  # for the pump to count as dropped, not sent
     assert channel.queued() == queued + 2
     assert icmp_echo(7) in client.quic._datagrams_pending and tcp_segment(b"") in client.quic._datagrams_pending
     # Once the peer is heard again the queue drains.
@@ -289,10 +299,11 @@ def test_queue_bound_drops_instead_of_growing(pki: dict[str, Path]) -> None:
     # The count cap holds whatever CoDel says.
     wire.cut = True
     capped = DatagramChannel(client.quic, 1400, lambda: wire.now, max_queued=channel.queued() + 10)
-    assert capped.take(batch) == len(batch)
+    assert capped.take(batch) == (len(batch), len(batch) - 10, 1000 * (len(batch) - 10))
     assert channel.queued() == capped.max_queued and capped.counters.dropped == len(batch) - 10
     # Every packet handed over is accounted for on the datagram channel, none on the stream.
     assert lane.counters.packets_out == 0
+    assert handed == channel.counters.packets_out + channel.counters.dropped
 
 
 def icmp_echo(seq: int) -> bytes:
