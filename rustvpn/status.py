@@ -95,6 +95,39 @@ def _rss_bytes() -> int | None:
         return None
 
 
+def _find_mallinfo2() -> Any:
+    """glibc's mallinfo2 (2.33 and later) with its result type; None where there is none."""
+    import ctypes  # (only when a snapshot is taken)
+
+    class MallInfo2(ctypes.Structure):
+        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+        _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+    mallinfo2.restype = MallInfo2
+    mallinfo2.argtypes = []
+    return mallinfo2
+
+
+_MALLINFO2: Any = None  # _find_mallinfo2()'s answer, once asked (False: none)
+
+
+def _malloc_bytes() -> int | None:
+    """Bytes the C allocator has handed out and not had back (glibc's mallinfo2: chunks in use in
+    its arenas plus those it mapped alone); None without glibc 2.33. Unlike RSS it leaves out what
+    the allocator keeps for reuse after a burst is freed, so it moves only with what is held."""
+    global _MALLINFO2
+    if _MALLINFO2 is None:
+        _MALLINFO2 = _find_mallinfo2() or False
+    if not _MALLINFO2:
+        return None
+    info = _MALLINFO2()
+    return int(info.uordblks + info.hblkhd)
+
+
 def process_figures() -> dict[str, int | None]:
     """What this process holds, for operators and soak tests to spot a leak: asyncio tasks, OS threads,
     open file descriptors, resident memory and live Python allocations. A figure that cannot be read
@@ -102,7 +135,8 @@ def process_figures() -> dict[str, int | None]:
 
     ``heap_blocks`` (``sys.getallocatedblocks``) counts what Python code holds now. RSS also counts
     what the C allocator keeps after a burst has been freed (a few MiB after a load peak, kept for
-    reuse), so a leak of Python objects shows first and only in ``heap_blocks``.
+    reuse), so a leak of Python objects shows first and only in ``heap_blocks``, and one of C
+    memory (OpenSSL's, or Python's larger objects) in ``malloc_bytes``.
     """
     # Start-up time: imported here, as `rustvpn --help`, `check` and `certs` need no asyncio (~40 ms).
     import asyncio
@@ -118,6 +152,7 @@ def process_figures() -> dict[str, int | None]:
         "open_fds": _count_entries("/proc/self/fd", own=1),
         "rss_bytes": _rss_bytes(),
         "heap_blocks": sys.getallocatedblocks(),
+        "malloc_bytes": _malloc_bytes(),
     }
 
 

@@ -69,13 +69,18 @@ def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "-"
 
 
+def _bytes(value: Any) -> str:
+    return human_bytes(value) if isinstance(value, int) and not isinstance(value, bool) else "-"
+
+
 def _process(figures: dict[str, Any]) -> str:
-    rss = figures.get("rss_bytes")
-    memory = human_bytes(rss) if isinstance(rss, int) and not isinstance(rss, bool) else "-"
-    return (
+    line = (
         f"{_count(figures.get('asyncio_tasks'))} tasks, {_count(figures.get('threads'))} threads, "
-        f"{_count(figures.get('open_fds'))} fds, {memory} RSS"
+        f"{_count(figures.get('open_fds'))} fds, {_bytes(figures.get('rss_bytes'))} RSS"
     )
+    if "malloc_bytes" in figures:  # (a daemon of an older release does not send it)
+        line += f" ({_bytes(figures['malloc_bytes'])} allocated)"
+    return line
 
 
 def _transfer(counters: Any) -> list[tuple[str, str]]:

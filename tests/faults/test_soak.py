@@ -4,19 +4,22 @@ minutes, in each transport mode, watching what both daemons hold.
 Length: 2 minutes of load by default (every CI run); set ``RUSTVPN_SOAK_MINUTES`` for a longer one,
 e.g. ``RUSTVPN_SOAK_MINUTES=30 pytest -m soak tests/faults``.
 
-Both daemons are sampled every 2 s: open fds, threads and RSS from /proc/PID, asyncio tasks and
-live Python allocations (``heap_blocks``) from the status socket (the snapshot's ``process``
-figures). An early window after warm-up is compared with the last window of the run (warm-up and
-windows are a tenth of the run each; at least 20 s and 10 s): none of the figures may grow by more
-than 10%, RSS by more than 10% or RSS_ALLOCATOR_SLACK, whichever is more. RSS has that allowance
-because the C allocator keeps freed memory after a load peak for reuse: RSS steps up by 2-10 MiB at
-a random moment of some runs and stays there while ``heap_blocks`` stays flat (such steps failed a
-CI run at 41.3 -> 47.0 MiB with an allowance of 4 MiB, and one in TCP mode at 40.1 -> 50.0 MiB, with
-``heap_blocks`` 147328 -> 148079, with an allowance of 8 MiB). A Python leak raises
-``heap_blocks``, which has no allowance. Each window's figure is its minimum, so a task or buffer
-that happens to exist at one sampling instant is not taken for growth, while a leak, which raises
-the floor, is. No session may be lost: each side reports exactly one session and no reconnect, and
-neither log has a "lost" line. All samples are written to soak-samples.json in the test's
+Both daemons are sampled every 2 s: open fds, threads and RSS from /proc/PID, asyncio tasks, live
+Python allocations (``heap_blocks``) and the C allocator's bytes in use (``malloc_bytes``) from the
+status socket (the snapshot's ``process`` figures). An early window after warm-up is compared with
+the last window of the run (warm-up and windows are a tenth of the run each; at least 20 s and
+10 s): none of the figures may grow by more than 10%, RSS by more than 10% or
+RSS_ALLOCATOR_SLACK, whichever is more. A Python leak raises ``heap_blocks`` and a C one (OpenSSL's,
+or Python's larger objects) ``malloc_bytes``, neither of which has RSS's allowance: both hold within
+1% from window to window (e.g. 9.7 -> 9.7 MiB of ``malloc_bytes`` in TCP mode, 10.5 -> 10.6 in QUIC
+mode). RSS is a backstop with an allowance, because the allocator keeps freed memory after a load
+peak for reuse: RSS steps up by 2-10 MiB at a random moment of some runs and stays there while
+the other figures stay flat (such steps failed a CI run at 41.3 -> 47.0 MiB with an allowance of
+4 MiB, and one in TCP mode at 40.1 -> 50.0 MiB, with ``heap_blocks`` 147328 -> 148079, with an
+allowance of 8 MiB). Each window's figure is its minimum, so a task or buffer that happens to exist
+at one sampling instant is not taken for growth, while a leak, which raises the floor, is. No
+session may be lost: each side reports exactly one session and no reconnect, and neither log has
+a "lost" line. All samples are written to soak-samples.json in the test's
 directory, and the RSS trend after warm-up is reported (on a 2-minute run it is noise; on a long
 one, a steady slope is a leak below Python).
 """
@@ -46,7 +49,7 @@ WINDOW = 10.0  # seconds of samples that make one window's figure, at least
 GROWTH_LIMIT = 1.10
 RSS_ALLOCATOR_SLACK = 12 << 20  # bytes: see the module docstring
 IPERF_PORT = "5202"
-FIGURES = ("open_fds", "threads", "asyncio_tasks", "heap_blocks", "rss_bytes")
+FIGURES = ("open_fds", "threads", "asyncio_tasks", "heap_blocks", "malloc_bytes", "rss_bytes")
 
 
 @dataclass
@@ -59,8 +62,9 @@ class Samples:
         # /proc first: the status request's own connection must not be counted among the fds.
         from_proc = proc_figures(pid)
         status = tunnel_status(socket)
-        tasks, blocks = status["process"]["asyncio_tasks"], status["process"]["heap_blocks"]
-        assert isinstance(tasks, int) and isinstance(blocks, int), status["process"]
+        process = status["process"]
+        tasks, blocks, malloc = process["asyncio_tasks"], process["heap_blocks"], process["malloc_bytes"]
+        assert isinstance(tasks, int) and isinstance(blocks, int) and isinstance(malloc, int), process
         self.rows.append(
             (
                 at,
@@ -70,6 +74,7 @@ class Samples:
                     "asyncio_tasks": tasks,
                     "rss_bytes": from_proc["rss_bytes"],
                     "heap_blocks": blocks,
+                    "malloc_bytes": malloc,
                     "sessions": status["sessions"],
                     "reconnects": status["reconnects"],
                 },
@@ -159,7 +164,7 @@ def test_soak_full_load(hosts: NetnsPair, mode: str, figures: FigureLog) -> None
         early = series.window(warm_up, warm_up + window)
         late = series.window(seconds - window - SAMPLE_EVERY, seconds)
         shown = {
-            name: (f"{early[name] / 2**20:.1f}->{late[name] / 2**20:.1f} MiB" if name == "rss_bytes" else
+            name: (f"{early[name] / 2**20:.1f}->{late[name] / 2**20:.1f} MiB" if name.endswith("_bytes") else
                    f"{early[name]}->{late[name]}")
             for name in FIGURES
         }  # fmt: skip

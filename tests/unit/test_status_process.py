@@ -102,6 +102,18 @@ def test_heap_blocks_count_live_python_objects_not_freed_ones() -> None:
     assert isinstance(after, int) and after - before < 5_000  # freed: gone from the count, unlike RSS
 
 
+def test_malloc_bytes_count_what_the_c_allocator_holds_not_what_it_keeps() -> None:
+    before = process_figures()["malloc_bytes"]
+    assert isinstance(before, int) and before > 1 << 20  # glibc: the test machines have 2.33 or later
+    # Many blocks of 64 KB (bytes objects of this size come from malloc), held, then freed.
+    held = [bytes(64 << 10) for _ in range(256)]
+    grown = process_figures()["malloc_bytes"]
+    assert isinstance(grown, int) and grown - before >= 16 << 20
+    del held
+    after = process_figures()["malloc_bytes"]
+    assert isinstance(after, int) and after - before < 1 << 20  # given back, whatever RSS keeps
+
+
 def test_asyncio_tasks_only_inside_a_loop() -> None:
     assert process_figures()["asyncio_tasks"] is None
 
@@ -122,12 +134,12 @@ def test_asyncio_tasks_only_inside_a_loop() -> None:
 
 def test_snapshot_carries_figures_and_status_prints_them() -> None:
     snap = office_status()
-    assert set(snap["process"]) == {"asyncio_tasks", "threads", "open_fds", "rss_bytes", "heap_blocks"}
+    assert set(snap["process"]) == {"asyncio_tasks", "threads", "open_fds", "rss_bytes", "heap_blocks", "malloc_bytes"}
     assert snap["process"]["asyncio_tasks"] is None  # taken outside a loop here
     text = format_status(snap)
     line = next(line for line in text.splitlines() if "process:" in line)
     assert line.split(": ", 1)[1].startswith("- tasks, ")
-    assert " fds, " in line and line.endswith(" RSS")
+    assert " fds, " in line and line.endswith(" allocated)") and " RSS (" in line
     figures = {"asyncio_tasks": 7, "threads": 2, "open_fds": 1234, "rss_bytes": 55 * 1024 * 1024}
     text = format_status({**snap, "process": figures})
     assert "process: 7 tasks, 2 threads, 1,234 fds, 55.00 MiB RSS" in text
