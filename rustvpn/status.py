@@ -13,6 +13,7 @@ daemon of different releases still understand each other. Anything else needs a 
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -95,13 +96,16 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def _find_mallinfo2() -> Any:
-    """glibc's mallinfo2 (2.33 and later) with its result type; None where there is none."""
+_MALLINFO2_FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+
+
+@functools.cache
+def _mallinfo2() -> Any:
+    """glibc's mallinfo2 (2.33 and later) with its result type, looked up once; None where there is none."""
     import ctypes  # (only when a snapshot is taken)
 
     class MallInfo2(ctypes.Structure):
-        names = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
-        _fields_ = [(name, ctypes.c_size_t) for name in names.split()]
+        _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2_FIELDS.split()]
 
     try:
         mallinfo2 = ctypes.CDLL(None).mallinfo2
@@ -112,19 +116,14 @@ def _find_mallinfo2() -> Any:
     return mallinfo2
 
 
-_MALLINFO2: Any = None  # _find_mallinfo2()'s answer, once asked (False: none)
-
-
 def _malloc_bytes() -> int | None:
     """Bytes the C allocator has handed out and not had back (glibc's mallinfo2: chunks in use in
     its arenas plus those it mapped alone); None without glibc 2.33. Unlike RSS it leaves out what
     the allocator keeps for reuse after a burst is freed, so it moves only with what is held."""
-    global _MALLINFO2
-    if _MALLINFO2 is None:
-        _MALLINFO2 = _find_mallinfo2() or False
-    if not _MALLINFO2:
+    mallinfo2 = _mallinfo2()
+    if mallinfo2 is None:
         return None
-    info = _MALLINFO2()
+    info = mallinfo2()
     return int(info.uordblks + info.hblkhd)
 
 
