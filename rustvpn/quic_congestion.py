@@ -98,6 +98,8 @@ class TunnelCongestionControl(QuicCongestionControl):
         # (quic_fastpath) before it hands the ACK to aioquic, which passes the controller its RTT
         # sample with that delay still in it.
         self.peer_ack_delay = 0.0
+        # In-flight packets loss detection declared lost, for `rustvpn status` (path_stats).
+        self.lost_packets = 0
 
     def _minimum(self) -> int:
         return K_MINIMUM_WINDOW * self._max_datagram_size
@@ -127,6 +129,7 @@ class TunnelCongestionControl(QuicCongestionControl):
         for packet in packets:
             self.bytes_in_flight -= packet.sent_bytes
             last_sent = packet.sent_time or 0.0
+            self.lost_packets += 1
         if last_sent > self._recovery_start:  # one reduction per round trip of losses
             self._reduce(now, LOSS_REDUCTION)
 

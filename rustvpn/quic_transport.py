@@ -24,6 +24,7 @@ from aioquic.quic.connection import NetworkAddress, QuicConnection, QuicConnecti
 from aioquic.quic.packet import QuicPacketType, encode_quic_version_negotiation, pull_quic_header
 
 from rustvpn.errors import ConfigError, RustvpnError, SessionLost, SystemSetupError, describe_error
+from rustvpn.path_stats import PathFigures, quic_path
 from rustvpn.pump import PacketPump
 from rustvpn.quic_channel import QuicStreamChannel
 from rustvpn.quic_config import CONNECTION_ID_LENGTH, create_connection, quic_configuration
@@ -190,6 +191,10 @@ class QuicSession(Session):
     def datagram_channel(self) -> DatagramChannel | None:
         """The DATAGRAM-frame path, when both peers agreed to use it (not one of ``channels``)."""
         return self.machine.datagram_channel
+
+    def path_report(self) -> tuple[PathFigures | None, list[PathFigures | None]]:
+        # One connection: its streams and DATAGRAM frames share its loss recovery.
+        return quic_path(self.machine.quic._loss), [None] * len(self.channels)
 
     def bind(self, pump: PacketPump) -> None:
         self._link.bind_pump(pump)

@@ -21,6 +21,7 @@ from rustvpn import events
 from rustvpn.config_exchange import OPTION_OFFLOAD, ExchangeParams, format_exchange, parse_exchange, validate_exchange
 from rustvpn.errors import ConfigError, RustvpnError, describe_error
 from rustvpn.log_setup import CONTEXT
+from rustvpn.path_stats import PathFigures
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.settings import TunnelConfig
 from rustvpn.stats import TunnelState
@@ -68,6 +69,11 @@ class Session(ABC):
     @property
     @abstractmethod
     def channels(self) -> Sequence[PacketChannel]: ...
+
+    def path_report(self) -> tuple[PathFigures | None, list[PathFigures | None]]:
+        """The underlay path as the transport sees it: as a whole, and per channel where each
+        channel is a connection of its own (else None for each)."""
+        return None, [None] * len(self.channels)
 
     @abstractmethod
     def bind(self, pump: PacketPump) -> None:

@@ -161,6 +161,7 @@ def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: S
     peer: dict[str, Any] | None = None
     streams: list[dict[str, Any]] = []
     datagrams: dict[str, Any] | None = None
+    path: dict[str, Any] | None = None
     mtu, stream_count = config.mtu, config.stream_count
     options: list[str] = []
     if session is not None:
@@ -168,7 +169,12 @@ def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: S
         # The negotiated values; validation makes them equal to ours, but report what is in use.
         mtu, stream_count = session.params.mtu, session.params.number_of_streams
         peer = {"address": session.peer, "cn": session.peer_cn, "build_id": session.params.build_id}
-        streams = [{"index": i, **channel.counters.as_dict()} for i, channel in enumerate(session.channels)]
+        whole, per_channel = session.path_report()
+        path = None if whole is None else whole.as_dict()
+        streams = [
+            {"index": i, **channel.counters.as_dict(), "path": None if own is None else own.as_dict()}
+            for i, (channel, own) in enumerate(zip(session.channels, per_channel, strict=True))
+        ]
         # QUIC's DATAGRAM-frame path, when both peers agreed to it; not one of `channels`, and a TCP
         # session has no such attribute at all.
         datagram_channel = getattr(session, "datagram_channel", None)
@@ -202,5 +208,6 @@ def snapshot(instance: str, config: TunnelConfig, state: TunnelState, session: S
         "totals": state.totals.as_dict(),
         "streams": streams,
         "datagrams": datagrams,
+        "path": path,
         "process": process_figures(),
     }

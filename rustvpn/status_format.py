@@ -92,6 +92,38 @@ def _transfer(counters: Any) -> list[tuple[str, str]]:
     ]
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _ms(value: float) -> str:
+    """Milliseconds to about three significant digits: 0.046, 5.45, 201.6."""
+    return f"{value:.3f}" if value < 1 else f"{value:.2f}" if value < 100 else f"{value:.1f}"
+
+
+def _rtt(path: Any) -> str:
+    """A path's smoothed RTT, or "-" before its first sample."""
+    rtt = _number(path.get("rtt_ms")) if isinstance(path, dict) else None
+    return "-" if rtt is None else f"{_ms(rtt)} ms"
+
+
+def _path(path: dict[str, Any], transport: str) -> str:
+    """One line for the underlay path: RTT (minimum, variation), window, bytes in flight, losses
+    (in TCP mode the kernel's retransmitted segments, in QUIC mode the packets declared lost)."""
+    parts = [f"rtt {_rtt(path)}"]
+    low, var = _number(path.get("min_rtt_ms")), _number(path.get("rtt_var_ms"))
+    if low is not None and var is not None:
+        parts[0] += f" (min {_ms(low)}, var {_ms(var)})"
+    parts += [f"window {_bytes(path.get('cwnd_bytes'))}", f"in flight {_bytes(path.get('in_flight_bytes'))}"]
+    lost = path.get("lost_packets")
+    if isinstance(lost, int) and not isinstance(lost, bool):
+        parts.append(f"{lost:,} segments retransmitted" if transport == "tcp" else f"{_packets(lost)} lost")
+    connections = _int(path.get("connections"))
+    if connections > 1:
+        parts.append(f"over {connections} connections")
+    return ", ".join(parts)
+
+
 def _counter_row(label: str, c: dict[str, Any]) -> tuple[str, ...]:
     return (
         label,
@@ -105,11 +137,18 @@ def _counter_row(label: str, c: dict[str, Any]) -> tuple[str, ...]:
 
 def _stream_table(streams: list[Any], datagrams: Any = None) -> list[str]:
     """One row per data stream, then one labelled ``dgram`` for QUIC's DATAGRAM-frame path if in use."""
-    header = ("stream", "received", "packets", "sent", "packets", "dropped")
-    rows: list[tuple[str, ...]] = [header]
-    rows += [_counter_row(str(_int(s.get("index"))), s) for s in streams if isinstance(s, dict)]
+    header: tuple[str, ...] = ("stream", "received", "packets", "sent", "packets", "dropped")
+    streams = [s for s in streams if isinstance(s, dict)]
+    rows = [_counter_row(str(_int(s.get("index"))), s) for s in streams]
+    # TCP mode's streams are connections of their own, each with its path figures (QUIC's share one).
+    if any(isinstance(s.get("path"), dict) for s in streams):
+        header += ("rtt", "retransmits")
+        for i, s in enumerate(streams):
+            path = s.get("path") if isinstance(s.get("path"), dict) else {}
+            rows[i] += (_rtt(path), _count(path.get("lost_packets")))
     if isinstance(datagrams, dict):
-        rows.append(_counter_row("dgram", datagrams))
+        rows.append(_counter_row("dgram", datagrams) + ("",) * (len(header) - 6))
+    rows.insert(0, header)
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return ["  " + "  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
 
@@ -151,6 +190,9 @@ def format_status(status: dict[str, Any]) -> str:
     if status.get("last_error"):
         fields.append(("last error", str(status["last_error"])))
     fields += _transfer(status.get("totals"))
+    path = status.get("path")  # none before a session, or from a daemon of an older release
+    if isinstance(path, dict):
+        fields.append(("path", _path(path, str(status.get("transport")))))
     width = max(len(label) for label, _ in fields)
     lines = [header] + [f"  {label.rjust(width)}: {value}" for label, value in fields]
     streams = status.get("streams")

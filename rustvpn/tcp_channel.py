@@ -24,6 +24,7 @@ from typing import Any
 
 from rustvpn.errors import FrameError, SessionLost
 from rustvpn.framing import MAX_CONTROL_MESSAGE, FrameDecoder, encode_frame, encode_frames
+from rustvpn.path_stats import PathFigures, tcp_path
 from rustvpn.pump import NO_DROPS, Drops, PacketChannel
 
 log = logging.getLogger("rustvpn.tcp")
@@ -108,6 +109,11 @@ class FramedConnection(asyncio.Protocol, PacketChannel):
 
     def eof_received(self) -> bool | None:
         return False  # a half-closed connection is a closed one
+
+    def path_figures(self) -> PathFigures | None:
+        """This connection's TCP path as the kernel sees it (TCP_INFO); None once closed."""
+        transport = self.transport
+        return None if transport is None else tcp_path(transport.get_extra_info("socket"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self._close_reason

@@ -15,6 +15,7 @@ from rustvpn.config_exchange import OPTION_OFFLOAD, ExchangeParams
 from rustvpn.errors import PeerRejected, ProtocolError, RustvpnError, SessionLost, SystemSetupError, describe_error
 from rustvpn.framing import MAX_CONTROL_MESSAGE
 from rustvpn.offload import MAX_OFFLOAD_FRAME
+from rustvpn.path_stats import PathFigures, combine
 from rustvpn.pump import PacketChannel, PacketPump
 from rustvpn.session import Session, check_peer_exchange, exchange_text
 from rustvpn.settings import TunnelConfig
@@ -89,6 +90,11 @@ class TcpSession(Session):
     @property
     def channels(self) -> Sequence[PacketChannel]:
         return self.data
+
+    def path_report(self) -> tuple[PathFigures | None, list[PathFigures | None]]:
+        # Each data connection has its own TCP state; the control connection carries no packets.
+        per_connection = [conn.path_figures() for conn in self.data]
+        return combine(per_connection), per_connection
 
     def bind(self, pump: PacketPump) -> None:
         for conn in self.data:

@@ -87,3 +87,17 @@ def test_transfer_over_impaired_link(boxed: BoxedHosts, mode: str, case: Impairm
         assert total_seen > 1000, f"only {total_seen} frames crossed the box"
         assert abs(total_lost - expected) <= 4 * sigma, f"{total_lost} of {total_seen} frames lost, expected {p:.0%}"
     figures.add("sessions lost during the transfer", after["sessions"] - 1)
+
+    # The sender's view of the path in `rustvpn status` shows the impairment.
+    path = after["path"]
+    assert path is not None, "no path figures with a session up"
+    figures.add("path as the client's status shows it", str(path))
+    if case.delay_ms:
+        assert path["min_rtt_ms"] >= 2 * case.delay_ms * 0.95, path
+        assert path["rtt_ms"] >= path["min_rtt_ms"], path
+    assert path["rtt_ms"] is not None, path
+    if case.loss:
+        assert path["lost_packets"] > 0, f"{case.loss}% of the frames lost, none counted: {path}"
+    if mode == "tcp":  # each data connection's own TCP path, one per stream
+        assert path["connections"] == len(after["streams"])
+        assert all(stream["path"]["rtt_ms"] is not None for stream in after["streams"]), after["streams"]

@@ -175,6 +175,13 @@ class Wire:
         moved += self._move(self.server, self.client, SERVER_ADDR, self.server_filter)
         return moved
 
+    def round_trip(self, seconds: float) -> None:
+        """The client's datagrams to the server now, and the server's answer back ``seconds`` later
+        (``step`` crosses both ways in one instant)."""
+        self._move(self.client, self.server, CLIENT_ADDR, self.client_filter)
+        self.now += seconds
+        self._move(self.server, self.client, SERVER_ADDR, self.server_filter)
+
     def run(self, until: Callable[[], bool] = lambda: False, *, seconds: float = 5.0) -> bool:
         """Move datagrams and fire timers until ``until()`` or ``seconds`` of virtual time passed."""
         end = self.now + seconds

@@ -26,6 +26,7 @@ import pytest
 from rustvpn import status_server
 from rustvpn.config_exchange import ExchangeParams
 from rustvpn.errors import SystemSetupError
+from rustvpn.path_stats import PathFigures
 from rustvpn.settings import TunnelConfig, build_config
 from rustvpn.stats import Counters, TunnelState
 from rustvpn.status import STATUS_VERSION, StatusUnavailable, default_socket_path, snapshot
@@ -67,6 +68,10 @@ class FakeSession:
             FakeChannel(Counters(packets_out=11, bytes_out=16_000, packets_in=0, bytes_in=0)),
             FakeChannel(Counters()),
         ]
+        self.path: tuple[PathFigures | None, list[PathFigures | None]] = (None, [None, None, None])
+
+    def path_report(self) -> tuple[PathFigures | None, list[PathFigures | None]]:
+        return self.path
 
 
 # The DATAGRAM-frame channel's counters: every field distinct, so a field put in the wrong place shows.
@@ -173,10 +178,26 @@ def test_snapshot_fields() -> None:
         "packets_in": 20,
         "bytes_in": 2_048,
         "dropped": 1,
+        "path": None,
     }
+    assert snap["path"] is None
     assert snap["listen"] == {"quic": "0.0.0.0:1105"}
     assert snap["server"] is None
     assert snap["build_id"] == server_config().build_id
+
+
+def test_snapshot_carries_the_path_as_a_whole_and_per_stream() -> None:
+    session = FakeSession()
+    whole = PathFigures(rtt_ms=2.5, rtt_var_ms=0.5, min_rtt_ms=2.0, cwnd_bytes=9000, in_flight_bytes=0,
+                        lost_packets=4, connections=3)  # fmt: skip
+    own = PathFigures(rtt_ms=3.0, min_rtt_ms=2.0, cwnd_bytes=3000, in_flight_bytes=0, lost_packets=1)
+    session.path = (whole, [own, None, own])  # (None: a connection closed meanwhile)
+    snap = snapshot("office", server_config(), connected_state(), session)  # type: ignore[arg-type]
+    assert json.loads(json.dumps(snap)) == snap
+    assert snap["path"] == {"rtt_ms": 2.5, "rtt_var_ms": 0.5, "min_rtt_ms": 2.0, "cwnd_bytes": 9000,
+                            "in_flight_bytes": 0, "lost_packets": 4, "connections": 3}  # fmt: skip
+    assert [s["path"] for s in snap["streams"]] == [own.as_dict(), None, own.as_dict()]
+    assert snap["streams"][0]["path"]["rtt_var_ms"] is None
 
 
 def test_snapshot_never_contains_secrets() -> None:
