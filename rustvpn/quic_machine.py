@@ -37,6 +37,7 @@ from rustvpn.config_exchange import MAX_EXCHANGE_TEXT, OPTION_DATAGRAM, Exchange
 from rustvpn.errors import PeerRejected, ProtocolError, RustvpnError, SessionLost
 from rustvpn.quic_channel import PacketSink, QuicStreamChannel
 from rustvpn.quic_config import IDLE_TIMEOUT, check_peer_certificate
+from rustvpn.quic_congestion import STREAM_QUEUE_TARGET, TunnelCongestionControl
 from rustvpn.quic_datagram import DatagramChannel
 from rustvpn.quic_fastpath import DatagramFastPath
 from rustvpn.session import check_peer_exchange, exchange_text
@@ -579,6 +580,10 @@ class QuicSessionMachine:
         if self._hellos == len(self.channels):
             self.phase = Phase.UP
             self._deadline = None
+            cc = self.quic._loss._cc
+            datagrams = self.datagram_channel
+            if isinstance(cc, TunnelCongestionControl) and (datagrams is None or datagrams.room() == 0):
+                cc.queue_target = STREAM_QUEUE_TARGET  # (see there: streams carry every packet)
             log.info("%d data streams with %s up", len(self.channels), self.peer)
             self.listener.session_established(self)
 

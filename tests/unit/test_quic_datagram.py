@@ -45,6 +45,8 @@ from rustvpn.quic_congestion import (
     LOSS_REDUCTION,
     MIN_PACING_GAP,
     PACING_BURST,
+    QUEUE_TARGET,
+    STREAM_QUEUE_TARGET,
     TunnelCongestionControl,
     TunnelPacer,
 )
@@ -148,6 +150,8 @@ def test_datagrams_only_when_both_offer(pki: dict[str, Path], client_offers: boo
         assert machine.params is not None
         assert ("datagram" in machine.params.options) is both
         assert (machine.datagram_channel is not None) is both
+        # Over streams only, the congestion controller allows a shorter queue (see quic_congestion).
+        assert machine.quic._loss._cc.queue_target == (QUEUE_TARGET if both else STREAM_QUEUE_TARGET)
     # The transport parameter goes out with the offer (RFC 9221), whatever the peer does.
     assert client.quic._remote_max_datagram_frame_size == (MAX_DATAGRAM_FRAME_SIZE if server_offers else None)
     assert server.quic._remote_max_datagram_frame_size == (MAX_DATAGRAM_FRAME_SIZE if client_offers else None)
@@ -686,6 +690,23 @@ def test_congestion_control_backs_off_on_a_standing_queue_not_on_spikes() -> Non
         cc.on_rtt_measurement(now=now, rtt=0.011)
     assert now - started <= 2 * INTERVAL + 0.001
     assert cc.congestion_window == int(window * DELAY_REDUCTION) == cc.ssthresh
+
+
+@pytest.mark.parametrize("target", [QUEUE_TARGET, STREAM_QUEUE_TARGET])
+def test_congestion_control_allows_a_standing_queue_up_to_its_target(target: float) -> None:
+    def standing(queue: float) -> bool:
+        """Whether a queue of ``queue`` seconds above a 1 ms base, standing 5 intervals, cuts the window."""
+        cc = TunnelCongestionControl(max_datagram_size=1200)
+        cc.queue_target = target
+        window, now = cc.congestion_window, 0.0
+        cc.on_rtt_measurement(now=now, rtt=0.001)
+        for _ in range(int(5 * INTERVAL / 0.001)):
+            now += 0.001
+            cc.on_rtt_measurement(now=now, rtt=0.001 + queue)
+        return cc.congestion_window < window
+
+    assert not standing(target * 0.9)
+    assert standing(target * 1.1)
 
 
 def test_congestion_control_reduces_once_per_round_of_losses() -> None:
