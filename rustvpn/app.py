@@ -96,11 +96,11 @@ async def run_tunnel(config: TunnelConfig, instance: str = "", notifier: Notifie
     # are switched on per session when the peer takes them too. QUIC mode has no offload to agree
     # on, but writes with virtio headers all the same: the packets of one TCP flow that arrive
     # together go to the kernel as one segment (gro.py).
-    # QUIC mode also gives pings and other sparse traffic a queue of the device of their own (tun.py):
+    # Both modes give pings and other sparse traffic a queue of the device of their own (tun.py):
     # under a bulk transfer they waited behind it in the device's queue, or were dropped with it.
     offload = config.transport == "tcp" and config.offload
     quic = config.transport == "quic"
-    tun = TunDevice.open(config.device, vnet_hdr=offload or quic, side_queue=quic)
+    tun = TunDevice.open(config.device, vnet_hdr=offload or quic, side_queue=True)
     state = TunnelState()
     pump = PacketPump(tun, state.totals)
     status: StatusServer | None = None

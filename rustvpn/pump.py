@@ -11,7 +11,7 @@ never pause the pump: they manage their own queues (CoDel, and drops of bulk bey
 
 Incoming: channels deliver decoded packets, which are written to the TUN device at once.
 
-A device with a side queue (QUIC mode, tun.py) has pings and other packets that are neither TCP
+A device with a side queue (tun.py) has pings and other packets that are neither TCP
 nor UDP on a queue of their own: the pump writes such packets from the peer there, reads the answer
 from there, and reads it whenever it reads the main queue: first, and again once what it read there
 is sent.
@@ -276,7 +276,7 @@ class PacketPump:
             # a UDP flood costs one failed read a batch; and not for TCP, whose answers are ACKs
             # that each would cost a QUIC packet alone (half the throughput, when it was tried).
             self._answer_due = False
-            self._read_answer()
+            self._read_answer(self.tun.fd)
 
     def batch(self) -> PacketPump:
         """For ``with pump.batch():``, gather() on the way in, release() on the way out, also on an
@@ -344,6 +344,20 @@ class PacketPump:
             self._answer_due = True
             self._ping_due |= ping
             return
+        side = self.tun.side_fd
+        if side >= 0:
+            # Packets that are neither TCP nor UDP (pings) take the side queue, where the stack's
+            # answer comes too (the eager pump reads it from there, at once); each flow keeps its way.
+            at = VNET_HDR_LEN if self._offload else 0  # (an offload peer's frames carry the header)
+            other = [
+                p for p in packets if len(p) <= at + 9 or (p[at + 9] if p[at] >> 4 == 4 else p[at + 6]) not in (6, 17)
+            ]
+            if other:
+                if len(other) < len(packets):
+                    others = set(map(id, other))
+                    self._write(channel, [p for p in packets if id(p) not in others])
+                self._write(channel, other, side)
+                return
         self._write(channel, packets)
 
     def _write(self, channel: PacketChannel, packets: list[bytes], fd: int = -1) -> None:
@@ -398,7 +412,7 @@ class PacketPump:
         totals.bytes_in += size
         totals.dropped += dropped
         if self._eager and written:
-            self._read_answer()
+            self._read_answer(fd)
 
     def _udp_merge_refused(self, packets: list[bytes], exc: OSError) -> tuple[int, int]:
         """A kernel before 6.2 takes no UDP GSO on a TUN write: write the run's datagrams one by
@@ -416,8 +430,9 @@ class PacketPump:
             size += len(packet)
         return written, size
 
-    def _read_answer(self) -> None:
-        """Read what the stack answered to packets just written, unless in a stream of reads."""
+    def _read_answer(self, fd: int) -> None:
+        """Read what the stack answered to packets just written to queue ``fd``, unless in a
+        stream of reads."""
         if not self._reading:
             return
         now = time.monotonic()
@@ -427,7 +442,7 @@ class PacketPump:
             # a read of their own. And when nothing answers (a ping's reply was written), the
             # failed read tells the next wake-up that the device was empty.
             self._last_read = now
-            self._read_one()
+            self._read_one(fd)
 
     def _add_reader(self) -> None:
         if not self._reading and self._loop is not None and self.tun.fd >= 0:

@@ -123,6 +123,9 @@ def test_ping_ipv4_ipv6_and_routes(hosts: NetnsPair, mode: str) -> None:
     # The log tells the story of the session.
     assert "number_of_streams=5 mtu=1500" in cli.log()
     assert "5 streams" in srv.log()
+    # Both modes give pings a queue of the device of their own (tests/integration/test_tun_queues.py).
+    for log in (cli.log(), srv.log()):
+        assert "take a queue of their own, fixed by a steering program" in log, log
 
     # SIGTERM: clean exit, device removed; the server notices and goes back to listening.
     assert cli.stop() == 0

@@ -95,10 +95,9 @@ def test_ready_tunnel_journal_status_and_stop(tunnel: HostPair) -> None:
         ]
         assert fields and fields[-1]["RUSTVPN_TRANSPORT"] in ("quic", "tcp") and fields[-1]["RUSTVPN_PEER"]
         assert fields[-1]["RUSTVPN_SESSION"] and fields[-1]["_SYSTEMD_UNIT"] == UNIT
-        if fields[-1]["RUSTVPN_TRANSPORT"] == "quic":
-            # The unit grants no CAP_BPF and filters bpf() out: the device's side queue for pings
-            # falls back on the kernel's per-flow choice, as the README says.
-            assert "the kernel's choice per flow: no steering program (Operation not permitted)" in by_unit, by_unit
+        # The unit grants no CAP_BPF and filters bpf() out: the device's side queue for pings falls
+        # back on the kernel's per-flow choice, as the README says.
+        assert "the kernel's choice per flow: no steering program (Operation not permitted)" in by_unit, by_unit
 
     assert b.run("stat", "-c", "%a", f"/run/rustvpn/{NAME}/status.sock").stdout.strip() == "660"
     human = b.run("rustvpn", "status", NAME).stdout

@@ -542,6 +542,42 @@ def test_with_a_side_queue_a_ping_is_written_there_and_its_reply_read_from_there
     assert totals.packets_out == 1 + len(bulk)
 
 
+@pytest.mark.parametrize("offload", [False, True])
+def test_the_eager_pump_writes_a_ping_to_the_side_queue_and_reads_its_reply_from_there(
+    monkeypatch: pytest.MonkeyPatch, offload: bool
+) -> None:
+    """TCP mode (eager, deliveries outside any batch): a ping from the peer goes to the side
+    queue, where the kernel's steering puts its reply, and the reply is read from there inside
+    the delivery; the TCP packets beside it go to the main queue. (Written to the main queue, the
+    reply came on the side queue a loop turn later: 0.11 ms more idle RTT.) An offload peer's
+    frames carry their virtio header, which the check of the protocol skips."""
+    channels = [Recorder()]
+    reply = ping4(3, kind=0)
+    header = bytes(VNET_HDR_LEN) if offload else b""
+    tcp = [header + p for p in tcp_run(4, 2)]
+
+    with side_queue_device() as (tun, main_kernel, side_kernel):
+
+        async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+            pump.attach(channels, MTU, offload=offload, eager=True)
+            enqueue(side_kernel, reply)
+            pump.deliver(channels[0], [tcp[0], header + ping4(3), tcp[1]])
+            # Inside the delivery (to an offload peer with the virtio header, as read).
+            assert channels[0].sent == [header + reply]
+            assert drain(side_kernel) == [bytes(VNET_HDR_LEN) + ping4(3)]
+            written = drain(main_kernel)
+            if offload:
+                assert written == tcp  # (as they came: each frame has its header)
+            else:
+                assert written and all(w[VNET_HDR_LEN + 9] == 6 for w in written)
+            # TCP alone stays on the main queue.
+            pump.deliver(channels[0], tcp)
+            assert drain(side_kernel) == [] and drain(main_kernel)
+
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        run_on(tun, main_kernel, scenario)
+
+
 def test_a_read_of_the_main_queue_takes_the_side_queue_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both queues readable, the main one first: the ping waiting on the side queue is handed to
     its channel before the bulk read in the same turn."""
