@@ -28,6 +28,12 @@ ONE_WAY_DELAY = 0.005
 DATAGRAMS = -1  # Recorder's "stream id" of packets that came as DATAGRAM frames
 
 
+def udp_packet(seq: int, size: int = 200) -> bytes:
+    """An IPv4/UDP-looking packet numbered ``seq`` (flows hash on its ports)."""
+    body = seq.to_bytes(4, "big") * (size // 4)
+    return bytes([0x45]) + bytes(8) + bytes([17]) + bytes(10) + (5000).to_bytes(2, "big") * 2 + body[: size - 24]
+
+
 def write_pki(directory: Path, *, other_ca: bool = False) -> dict[str, Path]:
     names = ["127.0.0.1", "::1", SERVER_ADDR[0], "vpn.example.test"]
     ca = new_authority("other CA") if other_ca else None

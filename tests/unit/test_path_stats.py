@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from quic_helpers import machine_pair, tunnel_config, write_pki
+from quic_helpers import machine_pair, tunnel_config, udp_packet, write_pki
 
 from rustvpn.path_stats import PathFigures, combine, parse_tcp_info, quic_path, tcp_path
 from rustvpn.quic_machine import Phase
@@ -121,11 +121,6 @@ def test_connections_over_one_path_combine_into_one() -> None:
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_pki(tmp_path_factory.mktemp("pki"))
-
-
-def udp_packet(seq: int, size: int = 200) -> bytes:
-    body = seq.to_bytes(4, "big") * (size // 4)
-    return bytes([0x45]) + bytes(8) + bytes([17]) + bytes(10) + (5000).to_bytes(2, "big") * 2 + body[: size - 24]
 
 
 def test_quic_figures_follow_the_connections_rtt_and_losses(pki: dict[str, Path]) -> None:

@@ -21,6 +21,7 @@ from aioquic.tls import Epoch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from quic_helpers import CLIENT_ADDR, DATAGRAMS, ONE_WAY_DELAY, SERVER_ADDR, machine_pair, tunnel_config, write_pki
+from quic_helpers import udp_packet as packet
 
 from rustvpn.pump import PacketChannel
 from rustvpn.quic_fastpath import (
@@ -39,12 +40,6 @@ from rustvpn.quic_machine import Phase, QuicSessionMachine
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_pki(tmp_path_factory.mktemp("pki"))
-
-
-def packet(seq: int, size: int = 200) -> bytes:
-    """An IPv4/UDP-looking packet numbered ``seq`` (flows hash on its ports)."""
-    body = seq.to_bytes(4, "big") * (size // 4)
-    return bytes([0x45]) + bytes(8) + bytes([17]) + bytes(10) + (5000).to_bytes(2, "big") * 2 + body[: size - 24]
 
 
 def up_pair(pki: dict[str, Path], *, client_fast: bool = True, server_fast: bool = True):  # type: ignore[no-untyped-def]
