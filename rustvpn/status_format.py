@@ -117,7 +117,8 @@ def _path(path: dict[str, Any], transport: str) -> str:
     parts += [f"window {_bytes(path.get('cwnd_bytes'))}", f"in flight {_bytes(path.get('in_flight_bytes'))}"]
     lost = path.get("lost_packets")
     if isinstance(lost, int) and not isinstance(lost, bool):
-        parts.append(f"{lost:,} segments retransmitted" if transport == "tcp" else f"{_packets(lost)} lost")
+        segments = f"{lost:,} segment" if lost == 1 else f"{lost:,} segments"
+        parts.append(f"{segments} retransmitted" if transport == "tcp" else f"{_packets(lost)} lost")
     connections = _int(path.get("connections"))
     if connections > 1:
         parts.append(f"over {connections} connections")

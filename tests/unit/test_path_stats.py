@@ -186,3 +186,5 @@ def test_status_shows_the_path_and_tcp_streams_rtt() -> None:
     assert "path: rtt 1.23 ms (min 0.900, var 0.200), window 64.00 KiB, in flight 0 B, 3 packets lost\n" in text + "\n"
     assert "retransmits" not in text  # QUIC's streams share the one connection's path
     assert "path:" not in format_status({"transport": "quic", "path": None})
+    assert ", 1 segment retransmitted" in format_status({"transport": "tcp", "path": {**path, "lost_packets": 1}})
+    assert ", 1 packet lost" in format_status({"transport": "quic", "path": {**path, "lost_packets": 1}})
