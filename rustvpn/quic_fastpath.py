@@ -1,4 +1,5 @@
-"""A short cut through aioquic for the 1-RTT packets of the DATAGRAM-frame data path.
+"""A short cut through aioquic for the 1-RTT packets that carry tunnel packets: DATAGRAM frames,
+and STREAM frames of the data streams.
 
 aioquic builds and parses every packet through general machinery: a packet builder that asks
 each kind of frame whether it has something to send, and a parser that dispatches each frame to a
@@ -7,20 +8,24 @@ about 90 us to send and 60 us to receive on the benchmark machine, far more than
 itself, and it is most of a QUIC-mode ping's round trip. The short cut handles the common case
 with a few lines per packet and leaves everything else to aioquic, on the same connection state:
 
-* sending (:meth:`DatagramFastPath.flush`): DATAGRAM frames queued in aioquic go out in packets
-  of DATAGRAM frames only, under aioquic's congestion window and pacer, registered with its loss
-  recovery exactly as its own packets are (so ACKs, RTT samples and congestion control work
-  unchanged). ACKs, stream data and control frames still go out through aioquic's
-  ``datagrams_to_send``.
+* sending (:meth:`DatagramFastPath.flush`): DATAGRAM frames queued in aioquic, then the data
+  streams' queued bytes (once :meth:`DatagramFastPath.carry_streams` named them), go out in packets
+  of those frames only, under aioquic's congestion window, pacer and flow control, registered with
+  its loss recovery exactly as its own packets are (so ACKs, RTT samples, congestion control and
+  the resending of lost stream data work unchanged: the stream's own sender picks what to send).
+  ACKs ride along. Control frames, other streams' data and a data stream's FIN or reset still go
+  out through aioquic's ``datagrams_to_send``.
 * receiving (:meth:`DatagramFastPath.receive_many`): short-header packets for our current
   connection id from the current peer address, in the current key phase, holding only PADDING,
-  PING, ACK and DATAGRAM frames, are decrypted and applied here, a batch at a time; anything else
-  (stream data, control frames, a key update, a duplicate, a packet that does not decrypt) goes to
-  aioquic's ``receive_datagram`` untouched, as nothing is changed before the packet is known to
-  be one of ours.
+  PING, ACK, DATAGRAM frames and STREAM frames that are a data stream's next bytes (in order,
+  without FIN, within flow control), are decrypted and applied here, a batch at a time; anything
+  else (data out of order or resent, control frames, a key update, a duplicate, a packet that does
+  not decrypt) goes to aioquic's ``receive_datagram`` untouched, as nothing is changed before the
+  packet is known to be one of ours.
 
-The wire format is plain RFC 9000/9001/9221: a peer running stock aioquic (or any QUIC stack)
-sees ordinary packets. Used only between two rustvpn peers that agreed on ``datagram=1``.
+The wire format is plain RFC 9000/9001/9221: a peer running stock aioquic (or any QUIC stack, the
+Rust reference peer's among them) sees ordinary packets. DATAGRAM frames are used only between two
+rustvpn peers that agreed on ``datagram=1``; STREAM frames of the data streams with any peer.
 
 aioquic internals relied on (aioquic 1.7.2), all read or updated as its own code does:
 ``QuicConnection._cryptos``, ``._spaces``, ``._loss`` (with ``._pacer``), ``._packet_number``,
@@ -29,8 +34,12 @@ aioquic internals relied on (aioquic 1.7.2), all read or updated as its own code
 ``._ack_eliciting_sent_since_receipt``, ``._ack_delay``, ``._remote_ack_delay_exponent``,
 ``._pacing_at``, ``._handshake_confirmed``, ``._close_pending``, ``._quic_logger``, the
 ``aead``/``hp`` objects of a crypto context and the ciphers they wrap (``AEAD._aead``/``._iv``,
-``HeaderProtection._encryptor``/``._is_chacha20``). tests/unit/test_quic_fastpath.py checks the short cut
-against stock aioquic peers in both directions.
+``HeaderProtection._encryptor``/``._is_chacha20``); for streams ``._streams``,
+``._streams_queue``, ``._local_max_data``, ``._remote_max_data``/``._remote_max_data_used``, a
+stream's ``max_stream_data_local``/``_remote``, its sender's ``_pending``/``_pending_eof``/
+``get_frame``/``on_data_delivery`` and its receiver's ``_buffer``/``_buffer_start``/
+``highest_offset``/``_final_size``. tests/unit/test_quic_fastpath.py checks the short cut against
+stock aioquic peers in both directions.
 """
 
 from __future__ import annotations
@@ -45,6 +54,7 @@ from aioquic.quic.packet import QuicPacketType, pull_ack_frame, push_ack_frame
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.rangeset import RangeSet
 from aioquic.quic.recovery import MAX_ACK_RANGES, QuicPacketNumberWindow, QuicPacketSpace
+from aioquic.quic.stream import QuicStream
 from aioquic.tls import Epoch
 from cryptography.exceptions import InvalidTag
 
@@ -57,10 +67,18 @@ PN_SEND_SIZE = 2  # bytes of packet number we send, as aioquic does
 PN_MAX_SIZE = 4
 SAMPLE_SIZE = 16
 MAX_ACK_FRAME = 128  # bytes an ACK frame may take in a packet of ours (older ranges are left out)
+MIN_STREAM_ROOM = 64  # room left for stream data that is worth an ACK riding with it
 
 PADDING, PING, ACK, ACK_ECN = 0x00, 0x01, 0x02, 0x03
 ACK_BYTE = bytes((ACK,))
 DATAGRAM, DATAGRAM_WITH_LENGTH = 0x30, 0x31
+STREAM_BASE, STREAM_LAST = 0x08, 0x0F  # STREAM frame types: 0x08 | OFF (4) | LEN (2) | FIN (1)
+STREAM_OFF, STREAM_LEN, STREAM_FIN = 0x04, 0x02, 0x01
+UINT_VAR_MAX = (1 << 62) - 1
+
+
+def _varint_size(value: int) -> int:
+    return 1 if value < 0x40 else 2 if value < 0x4000 else 4 if value < 0x40000000 else 8
 
 
 def _varint(value: int) -> bytes:
@@ -89,9 +107,10 @@ LONE_ACK_DELAY = ANNOUNCED_MAX_ACK_DELAY - 0.002
 # Packets delivered by peek() and not yet taken by receive(): more means some never will be.
 MAX_EARLY = 1024
 
-# What _parse_frames finds: DATAGRAM payloads, the ACK (ranges, encoded delay) if any, and whether
-# the packet is ack-eliciting.
-_Frames = tuple[list[bytes], "tuple[RangeSet, int] | None", bool]
+# What _parse_frames finds: DATAGRAM payloads, the ACK (ranges, encoded delay) if any, whether the
+# packet is ack-eliciting, and its STREAM frames (stream id, offset, data; none with FIN).
+_StreamFrame = tuple[int, int, bytes]
+_Frames = tuple[list[bytes], "tuple[RangeSet, int] | None", bool, list[_StreamFrame]]
 
 
 class DatagramFastPath:
@@ -109,6 +128,28 @@ class DatagramFastPath:
         # Python-level Enum.__hash__ each time.
         self._pair: CryptoPair | None = None
         self._space: QuicPacketSpace | None = None
+        # The data streams whose STREAM frames the short cut sends and takes (carry_streams).
+        self._streams: dict[int, QuicStream] = {}
+
+    def carry_streams(self, stream_ids: Sequence[int]) -> None:
+        """Send and take the STREAM frames of these streams too (the tunnel's data streams, once
+        the session is up): in-order data without FIN, under aioquic's flow control, as its own
+        sending and receiving would handle them. Everything else about a stream stays aioquic's."""
+        streams = self.quic._streams
+        self._streams = {stream_id: streams[stream_id] for stream_id in stream_ids if stream_id in streams}
+
+    def streams_pending(self) -> bool:
+        """Whether a stream the short cut does not send has data queued (aioquic's to send)."""
+        carried = self._streams
+        return any(not s.sender.buffer_is_empty for i, s in self.quic._streams.items() if i not in carried)
+
+    def limits_due(self) -> bool:
+        """Whether aioquic would raise a flow-control limit now (MAX_DATA or MAX_STREAM_DATA: it
+        doubles one once half of it is used), which only its own sending does."""
+        max_data = self.quic._local_max_data
+        if max_data.used * 2 > max_data.value:
+            return True
+        return any(s.receiver.highest_offset * 2 > s.max_stream_data_local for s in self._streams.values())
 
     def _steady(self) -> bool:
         """Whether the handshake is over for good: confirmed, its Initial and Handshake packet
@@ -188,7 +229,8 @@ class DatagramFastPath:
         """
         q = self.quic
         pending = q._datagrams_pending
-        if not pending:
+        streams = self._streams_to_send() if self._streams else []
+        if not pending and not streams:
             space = self._space
             if not ack_alone or space is None or space.ack_at is None or space.ack_at > now or not self.can_send():
                 return []
@@ -211,7 +253,8 @@ class DatagramFastPath:
         allowed = pacer.allowance(now)
         cc = loss._cc  # (the window and the bytes in flight are properties of loss recovery over it)
         paced = False  # stopped by the pacer, with frames left
-        while pending:
+        served: list[QuicStream] = []  # streams that sent, for aioquic's round-robin order
+        while pending or streams:
             if allowed is not None and len(out) >= allowed:
                 paced = True
                 break
@@ -221,11 +264,12 @@ class DatagramFastPath:
             handlers: list[tuple[Callable[..., None], Any]] = []
             if space.ack_at is not None and not out:
                 ack, _ = self._ack_frame(space, now)
-                if len(ack) + 3 + len(pending[0]) <= room:
+                if len(ack) + (3 + len(pending[0]) if pending else MIN_STREAM_ROOM) <= room:
                     frames.append(ack)
                     used = len(ack)
                     handlers.append((q._on_ack_delivery, (space, space.largest_received_packet)))
                     space.ack_at = None
+            carried = len(frames)
             while pending:
                 data = pending[0]
                 size = len(data)
@@ -237,8 +281,10 @@ class DatagramFastPath:
                 frames += (b"\x31", length, data)
                 used += size
                 pending.popleft()
-            if len(frames) == len(handlers):  # no DATAGRAM frame fits: an ACK alone is aioquic's
-                if handlers:
+            if streams:
+                used = self._stream_frames(streams, room - used, frames, handlers, served) + used
+            if len(frames) == carried:  # no frame fits: an ACK alone is aioquic's
+                if carried:
                     space.ack_at = now  # (the check above makes this unreachable)
                 break
             datagram = seal(pn, b"".join(frames))
@@ -251,7 +297,75 @@ class DatagramFastPath:
             q._pacing_at = pacer.next_send_time(now=now)  # aioquic's timer then wakes the sender
         q._packet_number = pn
         self.sent += len(out)
+        if ack_alone and space.ack_at is not None and space.ack_at <= now:
+            # Due, and no room to ride in a packet of frames (a full congestion window, which
+            # does not hold back an ACK): alone, as aioquic would send it.
+            out.append(self._ack_only(space, now))
+        if served:
+            # aioquic's service order: streams that sent go to the back of the queue.
+            q._streams_queue = [s for s in q._streams_queue if s not in served] + served
         return out
+
+    def _streams_to_send(self) -> list[QuicStream]:
+        """The carried streams with data queued and nothing but data to send, in aioquic's service
+        order. A stream with a FIN, a reset or a STOP_SENDING to send is left to aioquic."""
+        carried = self._streams
+        return [
+            s
+            for s in self.quic._streams_queue
+            if not s.sender.buffer_is_empty
+            and s.stream_id in carried
+            and not s.is_blocked
+            and not s.sender.reset_pending
+            and not s.sender._pending_eof
+            and not s.receiver.stop_pending
+        ]
+
+    def _stream_frames(
+        self,
+        streams: list[QuicStream],
+        room: int,
+        frames: list[bytes],
+        handlers: list[tuple[Callable[..., None], Any]],
+        served: list[QuicStream],
+    ) -> int:
+        """Fill ``room`` bytes of a packet with STREAM frames of ``streams`` (taking off the list
+        those with nothing more to send now), as aioquic's _write_stream_frame writes them: the
+        stream's sender picks the bytes (new or to resend) under the peer's stream and connection
+        limits, and is told of their delivery or loss. Returns the bytes used."""
+        q = self.quic
+        used = 0
+        while streams:
+            stream = streams[0]
+            sender = stream.sender
+            if not len(sender._pending):  # (a RangeSet has no truth value)
+                sender.buffer_is_empty = True  # (as get_frame would find: all sent, none lost)
+                del streams[0]
+                continue
+            offset = sender._pending[0].start
+            stream_id = stream.stream_id
+            assert stream_id is not None  # (carried streams are the data streams)
+            header_size = 3 + _varint_size(stream_id) + (_varint_size(offset) if offset else 0)
+            left = room - used - header_size
+            if left <= 0:
+                break  # the packet is full
+            before = sender.highest_offset
+            frame = sender.get_frame(
+                left, min(before + q._remote_max_data - q._remote_max_data_used, stream.max_stream_data_remote)
+            )
+            if frame is None:  # flow control holds it back
+                del streams[0]
+                continue
+            data = frame.data
+            q._remote_max_data_used += sender.highest_offset - before
+            kind = STREAM_BASE | STREAM_LEN | (STREAM_OFF if offset else 0) | (STREAM_FIN if frame.fin else 0)
+            header = bytes((kind,)) + _varint(stream_id) + (_varint(offset) if offset else b"")
+            frames += (header + (len(data) | 0x4000).to_bytes(2, "big"), data)
+            used += header_size + len(data)
+            handlers.append((sender.on_data_delivery, (offset, offset + len(data), frame.fin)))
+            if stream not in served:
+                served.append(stream)
+        return used
 
     def _first_byte(self, pair: CryptoPair) -> int:
         """A short header's first byte, before header protection: spin bit, key phase, and the
@@ -343,25 +457,28 @@ class DatagramFastPath:
 
     def receive_many(
         self, datagrams: Sequence[tuple[bytes, NetworkAddress]], start: int, now: float
-    ) -> tuple[int, list[bytes], list[tuple[RangeSet, int]]]:
+    ) -> tuple[int, list[bytes], list[tuple[RangeSet, int]], list[tuple[int, bytes]]]:
         """Apply ``datagrams[start:]`` while they are packets for the short cut, in order.
 
         Returns how many it took, the payloads of their DATAGRAM frames in order (none for those
-        peek() delivered), and their ACK frames (ranges, encoded delay) in order, which the caller
+        peek() delivered), their ACK frames (ranges, encoded delay) in order, which the caller
         applies with apply_acks() once it has delivered the payloads: loss recovery's work must not
-        delay a ping on its way to the device. It stops before the first datagram that is not one
-        of ours (aioquic's ``receive_datagram`` must take that one: nothing of it was changed), and
-        after a packet carrying something other than TCP or UDP (a ping: delivered at once, not
-        behind the decryption of the rest of the batch).
+        delay a ping on its way to the device; and the data of their STREAM frames (stream id,
+        bytes) in order, already counted as received on the stream. It stops before the first
+        datagram that is not one of ours (aioquic's ``receive_datagram`` must take that one:
+        nothing of it was changed), and after a packet carrying something other than TCP or UDP
+        in a DATAGRAM frame (a ping: delivered at once, not behind the decryption of the rest of
+        the batch).
         """
         opener = self._opener()
         if opener is None:
-            return 0, [], []
+            return 0, [], [], []
         q, space = self.quic, self._space
         assert space is not None  # (_opener found the connection steady)
         early = self._delivered_early
         payloads: list[bytes] = []
         acks: list[tuple[RangeSet, int]] = []
+        stream_data: list[tuple[int, bytes]] = []
         ack_queue, received = space.ack_queue, space.received_packets
         expected = space.expected_packet_number
         largest = space.largest_received_packet
@@ -378,7 +495,10 @@ class DatagramFastPath:
             index += 1
             # The packet is ours: apply it as aioquic's receive_datagram would, except for its
             # ACK frame (see above).
-            pn, (frames, ack, eliciting) = opened
+            pn, (frames, ack, eliciting, streamed) = opened
+            if streamed:  # (now: the next packet's data is checked against this one's)
+                opener.take(streamed)
+                stream_data += [(stream_id, data) for stream_id, _, data in streamed]
             if early and pn in early:
                 early.discard(pn)
                 frames = []
@@ -420,7 +540,7 @@ class DatagramFastPath:
             q._close_at = now + q._idle_timeout()
             q._ack_eliciting_sent_since_receipt = False
             self.received += taken
-        return taken, payloads, acks
+        return taken, payloads, acks, stream_data
 
     def _opener(self) -> _Opener | None:
         """What opens packets for the short cut now, or None while it cannot take any."""
@@ -437,7 +557,15 @@ class DatagramFastPath:
             return None
         space = self._space
         assert space is not None
-        return _Opener(crypto, q.host_cid, path.addr, q._configuration.max_datagram_frame_size, space.received_packets)
+        return _Opener(
+            crypto,
+            q.host_cid,
+            path.addr,
+            q._configuration.max_datagram_frame_size,
+            space.received_packets,
+            self._streams,
+            q._local_max_data,
+        )
 
     def apply_acks(self, acks: list[tuple[RangeSet, int]], now: float) -> None:
         """Apply the ACK frames receive_many() returned (see there), in order."""
@@ -471,15 +599,24 @@ class _Opener:
         "_iv",
         "_key_phase",
         "_mask",
+        "_max_data",
         "_max_frame",
         "_min_size",
         "_peer",
         "_received",
+        "_streams",
         "first_byte",
     )
 
     def __init__(
-        self, crypto: Any, cid: bytes, peer: NetworkAddress, max_frame: int | None, received: QuicPacketNumberWindow
+        self,
+        crypto: Any,
+        cid: bytes,
+        peer: NetworkAddress,
+        max_frame: int | None,
+        received: QuicPacketNumberWindow,
+        streams: dict[int, QuicStream],
+        max_data: Any,
     ) -> None:
         self._mask, aead, self._iv = _ciphers(crypto)
         self._decrypt: Callable[[bytes, bytes, bytes], bytes] = aead.decrypt
@@ -490,6 +627,8 @@ class _Opener:
         self._peer = peer
         self._max_frame = max_frame
         self._received = received
+        self._streams = streams
+        self._max_data = max_data  # aioquic's connection-level receive limit (a Limit)
         self.first_byte = 0  # the last packet opened's, unprotected
 
     def open(self, data: bytes, addr: NetworkAddress, expected: int) -> tuple[int, _Frames] | None:
@@ -533,9 +672,44 @@ class _Opener:
             else:
                 start = 0
             if start and start + size == len(payload) and size + start - 1 < self._max_frame:
-                return pn, ([payload[start:]], None, True)
+                return pn, ([payload[start:]], None, True, [])
         parsed = _parse_frames(payload, self._max_frame)
-        return None if parsed is None else (pn, parsed)
+        if parsed is None or (parsed[3] and not self._in_order(parsed[3])):
+            return None
+        return pn, parsed
+
+    def _in_order(self, frames: list[_StreamFrame]) -> bool:
+        """Whether every STREAM frame is on a carried stream and is its next bytes, within the
+        flow-control limits: what aioquic's receiver would deliver at once, with no buffering.
+        A gap, a retransmission or data out of order is aioquic's (it buffers and reorders)."""
+        streams = self._streams
+        total = 0
+        for stream_id, offset, data in frames:
+            stream = streams.get(stream_id)
+            if stream is None:
+                return False
+            receiver = stream.receiver
+            if (
+                not data
+                or offset != receiver._buffer_start
+                or offset != receiver.highest_offset
+                or receiver._buffer
+                or receiver.is_finished
+                or receiver._final_size is not None
+                or offset + len(data) > stream.max_stream_data_local
+            ):
+                return False  # (two frames of one stream in a packet end here too: the offset)
+            total += len(data)
+        max_data = self._max_data
+        return bool(max_data.used + total <= max_data.value)
+
+    def take(self, frames: list[_StreamFrame]) -> None:
+        """Apply STREAM frames open() accepted, as aioquic's receiver does for in-order data."""
+        streams, max_data = self._streams, self._max_data
+        for stream_id, offset, data in frames:
+            receiver = streams[stream_id].receiver
+            receiver._buffer_start = receiver.highest_offset = offset + len(data)
+            max_data.used += len(data)
 
 
 def _acknowledge(ack_queue: RangeSet, start: int, stop: int) -> None:
@@ -606,10 +780,12 @@ def _decode_packet_number(truncated: int, expected: int) -> int:
 
 
 def _parse_frames(payload: bytes, max_datagram_frame_size: int | None) -> _Frames | None:
-    """The DATAGRAM payloads, the ACK (ranges, encoded delay) if any, and whether the packet is
-    ack-eliciting; None if the packet holds any other frame or is malformed (aioquic's concern)."""
+    """The DATAGRAM payloads, the ACK (ranges, encoded delay) if any, whether the packet is
+    ack-eliciting, and its STREAM frames; None if the packet holds any other frame (a STREAM frame
+    with FIN among them) or is malformed (aioquic's concern)."""
     buf = Buffer(data=payload)
     datagrams: list[bytes] = []
+    streams: list[_StreamFrame] = []
     ack: tuple[RangeSet, int] | None = None
     eliciting = found = False
     end = len(payload)
@@ -637,6 +813,14 @@ def _parse_frames(payload: bytes, max_datagram_frame_size: int | None) -> _Frame
                     buf.pull_uint_var()
                     buf.pull_uint_var()
                     buf.pull_uint_var()
+            elif STREAM_BASE <= kind <= STREAM_LAST and not kind & STREAM_FIN:  # (a FIN is aioquic's)
+                stream_id = buf.pull_uint_var()
+                offset = buf.pull_uint_var() if kind & STREAM_OFF else 0
+                length = buf.pull_uint_var() if kind & STREAM_LEN else end - buf.tell()
+                if offset + length > UINT_VAR_MAX:
+                    return None  # aioquic closes the connection for it
+                streams.append((stream_id, offset, buf.pull_bytes(length)))
+                eliciting = True
             elif kind == PING:
                 eliciting = True
             else:
@@ -646,4 +830,4 @@ def _parse_frames(payload: bytes, max_datagram_frame_size: int | None) -> _Frame
         return None
     if not found:
         return None
-    return datagrams, ack, eliciting
+    return datagrams, ack, eliciting, streams

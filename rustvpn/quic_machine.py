@@ -186,6 +186,7 @@ class QuicSessionMachine:
         # about 20 us even when it has nothing to send; everything that can give it something to
         # send sets this: its receive and timer handling, stream writes, closes, ACKs received.
         self._aioquic_due = True
+        self._streams_carried = False  # whether the short cut sends the data streams' frames
 
     # -- the QuicConnection-shaped API --------------------------------------------------------
     def connect(self, addr: NetworkAddress, now: float) -> None:
@@ -205,18 +206,22 @@ class QuicSessionMachine:
         index, end = 0, len(datagrams)
         while index < end:
             if fast is not None and self.phase is not Phase.ENDED:
-                taken, payloads, acks = fast.receive_many(datagrams, index, now)
+                taken, payloads, acks, stream_data = fast.receive_many(datagrams, index, now)
                 if taken:
                     index += taken
                     if payloads:
                         self._datagram_frames(payloads)
+                    if stream_data:
+                        self._carried_stream_data(stream_data, now)
+                        if not self._aioquic_due and fast.limits_due():
+                            self._aioquic_due = True  # (MAX_DATA / MAX_STREAM_DATA are aioquic's frames)
                     if acks:
                         fast.apply_acks(acks, now)
                         if not self._aioquic_due:
                             # An ACK may open the window for stream data, or have it declared
                             # lost and queued again: aioquic has something to send only if a
-                            # stream does.
-                            self._aioquic_due = any(not s.sender.buffer_is_empty for s in self.quic._streams.values())
+                            # stream the short cut does not send does.
+                            self._aioquic_due = fast.streams_pending()
                     continue
             data, addr = datagrams[index]
             index += 1
@@ -479,6 +484,23 @@ class QuicSessionMachine:
             left = self.channels[index].decoder.pending
             self._lost(f"peer finished data stream {stream_id}" + (f" inside a frame ({left} bytes)" if left else ""))
 
+    def _carried_stream_data(self, stream_data: list[tuple[int, bytes]], now: float) -> None:
+        """Data of the data streams that came through the short cut (only streams it carries)."""
+        channels = self.channels
+        for stream_id, data in stream_data:
+            if self.phase is Phase.ENDED:
+                return
+            self._channel_data(channels[(stream_id - FIRST_DATA_STREAM) // 4], data, now)
+
+    def _stream_queued(self) -> None:
+        """A data stream has bytes queued: once the short cut carries the streams they go out now,
+        as DATAGRAM frames do (a trip through the loop's call_soon costs a ping an iteration);
+        before, aioquic sends them, soon."""
+        if self._streams_carried:
+            self.listener.datagrams_queued()
+        else:
+            self._wake()
+
     def _datagram_frames(self, payloads: list[bytes]) -> None:
         channel = self.datagram_channel
         if channel is None:
@@ -524,7 +546,7 @@ class QuicSessionMachine:
                 FIRST_DATA_STREAM + 4 * i,
                 params.mtu,
                 session_up=lambda: self.phase is Phase.UP,
-                wakeup=self._wake,
+                wakeup=self._stream_queued,
                 clock=lambda: self._now,
             )
             for i in range(params.number_of_streams)
@@ -584,6 +606,10 @@ class QuicSessionMachine:
             datagrams = self.datagram_channel
             if isinstance(cc, TunnelCongestionControl) and (datagrams is None or datagrams.room() == 0):
                 cc.queue_target = STREAM_QUEUE_TARGET  # (see there: streams carry every packet)
+            if self.fast_path is None:
+                self.fast_path = DatagramFastPath(self.quic)
+            self.fast_path.carry_streams([channel.stream_id for channel in self.channels])
+            self._streams_carried = True
             log.info("%d data streams with %s up", len(self.channels), self.peer)
             self.listener.session_established(self)
 

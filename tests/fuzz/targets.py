@@ -363,11 +363,12 @@ def fuzz_status_request(data: bytes) -> None:
 
 
 def fuzz_quic_frames(data: bytes) -> None:
-    """The DATAGRAM short cut's frame parser (quic_fastpath._parse_frames) on a decrypted payload.
+    """The QUIC short cut's frame parser (quic_fastpath._parse_frames) on a decrypted payload.
 
     Layout: u16 limit (our max_datagram_frame_size; 0 means none offered), then the payload. Checks: it
-    never raises; what it accepts holds at least one frame, its DATAGRAM payloads appear in the input in
-    order and each within the limit, and an ACK's ranges are non-negative and ascending.
+    never raises; what it accepts holds at least one frame, its DATAGRAM payloads and its STREAM frames'
+    data each appear in the input in order, DATAGRAM payloads within the limit, STREAM frames within
+    QUIC's 2^62 offset limit, and an ACK's ranges are non-negative and ascending.
     """
     limit = int.from_bytes(data[:2], "big") or None
     payload = data[2:]
@@ -375,7 +376,7 @@ def fuzz_quic_frames(data: bytes) -> None:
     if parsed is None:
         return
     assert payload, "an empty payload was accepted"
-    datagrams, ack, eliciting = parsed
+    datagrams, ack, eliciting, streams = parsed
     assert limit is not None or not datagrams
     at = 0
     for datagram in datagrams:
@@ -383,11 +384,17 @@ def fuzz_quic_frames(data: bytes) -> None:
         found = payload.find(datagram, at)
         assert found >= 0, "a DATAGRAM payload that is not in the input"
         at = found + len(datagram)
+    at = 0
+    for stream_id, offset, chunk in streams:
+        assert stream_id >= 0 and offset >= 0 and offset + len(chunk) < 2**62
+        found = payload.find(chunk, at)
+        assert found >= 0, "STREAM frame data that is not in the input"
+        at = found + len(chunk)
     if ack is not None:
         ranges, delay = ack
         bounds = [(r.start, r.stop) for r in ranges]
         assert all(0 <= a < b for a, b in bounds) and bounds == sorted(bounds) and delay >= 0
-    if datagrams:
+    if datagrams or streams:
         assert eliciting
 
 
@@ -532,8 +539,24 @@ TARGETS: dict[str, Target] = {
                 b"\x05\xdc\x02\x05\x00\x01\x01\x00\x01\x31\x01z",
                 b"\x00\x00\x30xyz",
                 b"\x01\x00\x03\x40\x10\x00\x00\x02\x00\x01\x02\x03\x01",
+                b"\x00\x00\x0e\x08\x44\x00\x40\x03abc\x0a\x0c\x02de",
+                b"\x00\x00\x02\x05\x00\x01\x01\x00\x01\x08\x10rest",
             ),
-            dictionary=(b"\x00", b"\x01", b"\x02", b"\x03", b"\x30", b"\x31", b"\x40", b"\x80", b"\xc0"),
+            dictionary=(
+                b"\x00",
+                b"\x01",
+                b"\x02",
+                b"\x03",
+                b"\x08",
+                b"\x0a",
+                b"\x0e",
+                b"\x0f",
+                b"\x30",
+                b"\x31",
+                b"\x40",
+                b"\x80",
+                b"\xc0",
+            ),
             max_len=2048,
         ),
     )

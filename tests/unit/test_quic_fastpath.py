@@ -1,4 +1,4 @@
-"""The DATAGRAM short cut (rustvpn/quic_fastpath.py) against aioquic's own packet code.
+"""The QUIC short cut (rustvpn/quic_fastpath.py) against aioquic's own packet code.
 
 Every test pairs a side that uses the short cut with a side that does not (``fast_path = None``:
 aioquic builds and parses everything itself), or two that do, in memory on a virtual clock. What
@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from quic_helpers import CLIENT_ADDR, DATAGRAMS, ONE_WAY_DELAY, SERVER_ADDR, machine_pair, tunnel_config, write_pki
 from quic_helpers import udp_packet as packet
 
+from rustvpn import quic_config
 from rustvpn.pump import PacketChannel
 from rustvpn.quic_fastpath import (
     ANNOUNCED_MAX_ACK_DELAY,
@@ -42,9 +43,9 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return write_pki(tmp_path_factory.mktemp("pki"))
 
 
-def up_pair(pki: dict[str, Path], *, client_fast: bool = True, server_fast: bool = True):  # type: ignore[no-untyped-def]
+def up_pair(pki: dict[str, Path], *, client_fast: bool = True, server_fast: bool = True, datagrams: bool = True):  # type: ignore[no-untyped-def]
     wire, client, server, client_rec, server_rec = machine_pair(
-        tunnel_config(pki, "client"), tunnel_config(pki, "server")
+        tunnel_config(pki, "client", datagrams=datagrams), tunnel_config(pki, "server", datagrams=datagrams)
     )
     assert wire.run(lambda: client.phase is Phase.UP and server.phase is Phase.UP)
     client.bind(client_rec.sink)
@@ -255,8 +256,8 @@ def test_an_ack_with_nothing_to_ride_in_goes_alone_through_the_short_cut(
 
 
 def test_an_ack_rides_in_aioquics_packet_when_aioquic_sends(pki: dict[str, Path]) -> None:
-    """Stream data and an ACK due at once: aioquic's packets carry both; the short cut sends no
-    ACK of its own beside them."""
+    """Something of aioquic's to send (a keep-alive byte: stream 0 is not a data stream) and an ACK
+    due at once: aioquic's packet carries both; the short cut sends no ACK of its own beside it."""
     wire, client, server, _, _ = up_pair(pki)
     wire.run(seconds=0.2)
     send(client, [packet(1), packet(2)])  # two packets: the server's ACK is due within 1 ms
@@ -264,10 +265,11 @@ def test_an_ack_rides_in_aioquics_packet_when_aioquic_sends(pki: dict[str, Path]
     assert server.fast_path is not None
     space = server.quic._spaces[Epoch.ONE_RTT]
     assert space.ack_at is not None
-    sent_before = server.fast_path.sent
-    send(server, [packet(3, 1350)])  # too big for a DATAGRAM frame: a stream, aioquic's to send
+    sent_before, pn_before = server.fast_path.sent, server.quic._packet_number
+    server._next_keepalive = space.ack_at
+    server.handle_timer(space.ack_at)
     out = server.datagrams_to_send(space.ack_at)
-    assert out and server.fast_path.sent == sent_before  # (the 1350 bytes take two packets)
+    assert len(out) == 1 and server.fast_path.sent == sent_before and server.quic._packet_number == pn_before + 1
     assert space.ack_at is None
     for data, _ in out:
         client.receive_datagram(data, SERVER_ADDR, wire.now)
@@ -385,13 +387,14 @@ def test_varints_take_their_shortest_form() -> None:
 
 
 def test_frames_other_than_ours_go_to_aioquic() -> None:
-    assert _parse_frames(b"\x31\x03abc\x00\x00", 65536) == ([b"abc"], None, True)
-    assert _parse_frames(b"\x30xyz", 65536) == ([b"xyz"], None, True)
-    assert _parse_frames(b"\x01", 65536) == ([], None, True)
-    datagrams, ack, eliciting = _parse_frames(b"\x02\x05\x00\x00\x02", 65536) or ((), None, True)
+    assert _parse_frames(b"\x31\x03abc\x00\x00", 65536) == ([b"abc"], None, True, [])
+    assert _parse_frames(b"\x30xyz", 65536) == ([b"xyz"], None, True, [])
+    assert _parse_frames(b"\x01", 65536) == ([], None, True, [])
+    datagrams, ack, eliciting, _ = _parse_frames(b"\x02\x05\x00\x00\x02", 65536) or ((), None, True, [])
     assert datagrams == [] and ack is not None and not eliciting
     assert list(ack[0]) == [range(3, 6)]
-    assert _parse_frames(b"\x08\x00", 65536) is None  # STREAM frame
+    assert _parse_frames(b"\x09\x00", 65536) is None  # STREAM frame with FIN
+    assert _parse_frames(b"\x10\x44\x00", 65536) is None  # MAX_DATA
     assert _parse_frames(b"\x31\x05ab", 65536) is None  # truncated
     assert _parse_frames(b"", 65536) is None  # no frame at all
     assert _parse_frames(b"\x31\x03abc", 3) is None  # over our transport parameter
@@ -403,8 +406,8 @@ def test_frames_other_than_ours_go_to_aioquic() -> None:
 def test_any_payload_parses_or_is_left_to_aioquic(payload: bytes) -> None:
     parsed = _parse_frames(payload, 1500)
     if parsed is not None:
-        datagrams, _, _ = parsed
-        assert sum(map(len, datagrams)) <= len(payload)
+        datagrams, _, _, streams = parsed
+        assert sum(map(len, datagrams)) + sum(len(data) for _, _, data in streams) <= len(payload)
 
 
 def test_the_short_cut_is_a_no_op_before_the_session_can_use_it(pki: dict[str, Path]) -> None:
@@ -569,8 +572,8 @@ def test_a_batch_goes_to_the_device_in_one_delivery_but_a_ping_does_not_wait_for
 
 
 def test_a_batch_keeps_its_order_around_packets_for_aioquic_and_drops_its_duplicates(pki: dict[str, Path]) -> None:
-    """A packet the short cut does not take (stream data, a replay, a damaged one) in the middle of
-    a batch goes to aioquic in its turn; the short cut goes on with the packets after it."""
+    """A packet the short cut does not take (a replay, a damaged one) in the middle of a batch goes
+    to aioquic in its turn; the short cut goes on with the packets after it, stream data among them."""
     _, client, server, _, server_rec = up_pair(pki)
     first = sent_one_per_packet(client, [packet(1, 1000), packet(2, 1000)])
     client.channels[0].send_packets([packet(3, 1300)])  # too big for a DATAGRAM frame: stream data
@@ -584,7 +587,7 @@ def test_a_batch_keeps_its_order_around_packets_for_aioquic_and_drops_its_duplic
     server.receive_datagrams([(d, CLIENT_ADDR) for d in batch], 1.2)
     assert server_rec.on(DATAGRAMS) == [packet(1, 1000), packet(2, 1000), packet(4, 1000)]
     assert server_rec.on(server.channels[0].stream_id) == [packet(3, 1300)]
-    assert server.fast_path.received == taken + 3
+    assert server.fast_path.received == taken + 3 + len(stream)  # (the 1300 bytes take two packets)
     assert server.phase is Phase.UP
 
 
@@ -623,3 +626,127 @@ def test_the_short_cuts_sent_packets_are_aioquics_with_every_field(pki: dict[str
     assert sorted(vars(sent)) == sorted(names)
     assert sent == QuicSentPacket(**{name: getattr(sent, name) for name in names})
     assert sent.in_flight and sent.is_ack_eliciting and sent.sent_time == 1.0 and sent.quic_logger_frames == []
+
+
+# -- STREAM frames: the data streams, as the Rust reference peer (and --no-datagrams) uses them ----
+
+
+def stream_pair(pki: dict[str, Path], **kwargs: bool):  # type: ignore[no-untyped-def]
+    return up_pair(pki, datagrams=False, **kwargs)
+
+
+@pytest.mark.parametrize(("client_fast", "server_fast"), [(True, False), (False, True), (True, True)])
+def test_stream_data_crosses_through_the_short_cut_both_ways(
+    pki: dict[str, Path], client_fast: bool, server_fast: bool
+) -> None:
+    wire, client, server, client_rec, server_rec = stream_pair(pki, client_fast=client_fast, server_fast=server_fast)
+    assert client.datagram_channel is None and server.datagram_channel is None
+    out = [packet(i, 1300) for i in range(40)]
+    back = [packet(1000 + i, 700) for i in range(25)]
+    for i in range(0, 40, 4):
+        send(client, out[i : i + 4])
+        send(server, back[i : i + 4] if i < 25 else [])
+        wire.step()
+    assert wire.run(lambda: len(server_rec.packets) == 40 and len(client_rec.packets) == 25)
+    assert server_rec.on(8) == out and client_rec.on(8) == back
+    assert wire.run(lambda: in_flight(client) == 0 and in_flight(server) == 0, seconds=1)
+    for machine, fast in ((client, client_fast), (server, server_fast)):
+        if fast:
+            assert machine.fast_path is not None
+            # Nearly all of it both ways (aioquic sent the odd packet: a keep-alive byte, an ACK).
+            assert machine.fast_path.sent >= 10 and machine.fast_path.received >= 10
+        stream = machine.quic._streams[8]
+        assert stream.sender.buffer_is_empty or not len(stream.sender._pending)
+    assert client.phase is Phase.UP and server.phase is Phase.UP
+
+
+@pytest.mark.parametrize("fast_sender", [True, False])
+def test_lost_stream_data_is_resent_and_delivered_in_order(pki: dict[str, Path], fast_sender: bool) -> None:
+    """Lost packets leave gaps that aioquic's receiver buffers (the short cut takes only the next
+    bytes of a stream); the sender resends what was lost, and every packet arrives, in order."""
+    wire, client, server, _, server_rec = stream_pair(pki, client_fast=fast_sender)
+    dropped = 0
+
+    def lose_every_third(datagrams: list[bytes]) -> list[bytes]:
+        nonlocal dropped
+        kept = []
+        for i, data in enumerate(datagrams):
+            if i % 3 == 1:
+                dropped += 1
+            else:
+                kept.append(data)
+        return kept
+
+    out = [packet(i, 1200) for i in range(60)]
+    wire.client_filter = lose_every_third
+    for i in range(0, 60, 6):
+        send(client, out[i : i + 6])
+        wire.step()
+    wire.client_filter = None
+    assert wire.run(lambda: len(server_rec.packets) == 60, seconds=5)
+    assert dropped > 0
+    assert server_rec.on(8) == out
+    assert wire.run(lambda: in_flight(client) == 0, seconds=3)
+    receiver = server.quic._streams[8].receiver
+    assert not receiver._buffer and receiver.highest_offset == receiver._buffer_start
+    # Once the gaps were filled, the short cut took the stream again.
+    assert server.fast_path is not None
+    taken = server.fast_path.received
+    send(client, [packet(100, 1200)])
+    assert wire.run(lambda: len(server_rec.packets) == 61)
+    assert server.fast_path.received > taken
+
+
+def test_stream_packets_out_of_order_go_to_aioquic_and_arrive_in_order(pki: dict[str, Path]) -> None:
+    _, client, server, _, server_rec = stream_pair(pki)
+    out = [packet(i, 1300) for i in range(6)]
+    datagrams = sent_one_per_packet(client, out)
+    count = len(datagrams)
+    assert count >= 6
+    assert server.fast_path is not None
+    taken = server.fast_path.received
+    order = [0, 2, 1, 3, 5, 4, *range(6, count)]
+    server.receive_datagrams([(datagrams[i], CLIENT_ADDR) for i in order], 1.1)
+    assert server_rec.on(8) == out
+    # 0, 3 and those from 6 on were the next bytes when they came; 2, 1, 5 and 4 were aioquic's.
+    assert server.fast_path.received == taken + 2 + count - 6
+
+
+def test_stream_data_beyond_the_first_flow_control_windows(
+    pki: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The short cut counts what it takes against aioquic's limits, and has aioquic raise them
+    (MAX_STREAM_DATA, MAX_DATA) in time: the data keeps flowing, through the short cut."""
+    monkeypatch.setattr(quic_config, "MAX_STREAM_DATA", 64 * 1024)
+    monkeypatch.setattr(quic_config, "MAX_DATA", 96 * 1024)
+    wire, client, server, _, server_rec = stream_pair(pki)
+    assert server.quic._streams[8].max_stream_data_local == 64 * 1024
+    out = [packet(i, 1300) for i in range(400)]  # 520 KB: the windows must double a few times
+    for i in range(0, 400, 8):
+        send(client, out[i : i + 8])
+        wire.step()
+        wire.now += 0.001
+    assert wire.run(lambda: len(server_rec.packets) == 400, seconds=5)
+    assert server_rec.on(8) == out
+    assert server.quic._streams[8].max_stream_data_local >= 512 * 1024
+    assert server.quic._local_max_data.value >= 512 * 1024
+    assert client.fast_path is not None and server.fast_path is not None
+    assert server.fast_path.received >= 350 and client.fast_path.sent >= 350
+
+
+def test_a_stream_frame_with_fin_is_aioquics_and_ends_the_session(pki: dict[str, Path]) -> None:
+    wire, client, server, _, _ = stream_pair(pki)
+    client.quic.send_stream_data(8, b"", end_stream=True)
+    client._aioquic_due = True
+    assert wire.run(lambda: server.phase is Phase.ENDED, seconds=1)
+    assert server.end_reason is not None and "finished data stream 8" in server.end_reason
+
+
+def test_stream_frames_parse_as_aioquic_writes_them() -> None:
+    frames = bytes((0x0E, 8)) + _varint(70000) + (3 | 0x4000).to_bytes(2, "big") + b"abc"
+    frames += bytes((0x0A, 12)) + (2 | 0x4000).to_bytes(2, "big") + b"de" + bytes((0x08, 16)) + b"rest"
+    parsed = _parse_frames(frames, None)
+    assert parsed is not None
+    assert parsed[3] == [(8, 70000, b"abc"), (12, 0, b"de"), (16, 0, b"rest")] and parsed[2]
+    assert _parse_frames(bytes((0x0B, 8, 1)) + b"x", None) is None  # FIN: aioquic's
+    assert _parse_frames(bytes((0x0E, 8)) + _varint(2**62 - 2) + bytes((4,)) + b"abcd", None) is None
