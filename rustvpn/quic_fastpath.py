@@ -359,10 +359,15 @@ class DatagramFastPath:
             data = frame.data
             q._remote_max_data_used += sender.highest_offset - before
             kind = STREAM_BASE | STREAM_LEN | (STREAM_OFF if offset else 0) | (STREAM_FIN if frame.fin else 0)
-            header = bytes((kind,)) + _varint(stream_id) + (_varint(offset) if offset else b"")
-            frames += (header + (len(data) | 0x4000).to_bytes(2, "big"), data)
-            used += header_size + len(data)
-            handlers.append((sender.on_data_delivery, (offset, offset + len(data), frame.fin)))
+            size = len(data)
+            if stream_id < 0x40 and 0x40 <= offset < 0x40000000:  # (nearly always: a 4-byte offset)
+                header = bytes((kind, stream_id)) + (((offset | 0x80000000) << 16) | size | 0x4000).to_bytes(6, "big")
+            else:
+                header = bytes((kind,)) + _varint(stream_id) + (_varint(offset) if offset else b"")
+                header += (size | 0x4000).to_bytes(2, "big")
+            frames += (header, data)
+            used += header_size + size
+            handlers.append((sender.on_data_delivery, (offset, offset + size, frame.fin)))
             if stream not in served:
                 served.append(stream)
         return used
@@ -673,6 +678,10 @@ class _Opener:
                 start = 0
             if start and start + size == len(payload) and size + start - 1 < self._max_frame:
                 return pn, ([payload[start:]], None, True, [])
+        elif payload[0] & ~STREAM_OFF == STREAM_BASE | STREAM_LEN:  # (as is nearly every one of stream data)
+            lone = _lone_stream_frame(payload)
+            if lone is not None:
+                return (pn, ([], None, True, [lone])) if self._in_order([lone]) else None
         parsed = _parse_frames(payload, self._max_frame)
         if parsed is None or (parsed[3] and not self._in_order(parsed[3])):
             return None
@@ -777,6 +786,25 @@ def _decode_packet_number(truncated: int, expected: int) -> int:
     if candidate > expected + half and candidate >= window:
         return candidate - window
     return candidate
+
+
+def _lone_stream_frame(payload: bytes) -> _StreamFrame | None:
+    """The STREAM frame of a payload that is one such frame and nothing else, with a length, no
+    FIN and a 1-byte stream id (nearly every packet of stream data), read directly; None when the
+    payload is anything else (_parse_frames reads it)."""
+    if len(payload) < 4 or payload[1] >= 0x40 or payload[0] & ~STREAM_OFF != STREAM_BASE | STREAM_LEN:
+        return None
+    at, offset = 2, 0
+    if payload[0] & STREAM_OFF:
+        size = 1 << (payload[2] >> 6)
+        offset = int.from_bytes(payload[2 : 2 + size], "big") & ((1 << (8 * size - 2)) - 1)
+        at += size
+    if len(payload) < at + 2 or payload[at] >> 6 != 1:
+        return None  # (aioquic writes the length in 2 bytes)
+    length = ((payload[at] & 0x3F) << 8) | payload[at + 1]
+    if at + 2 + length != len(payload):
+        return None
+    return payload[1], offset, payload[at + 2 :]
 
 
 def _parse_frames(payload: bytes, max_datagram_frame_size: int | None) -> _Frames | None:

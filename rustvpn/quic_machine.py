@@ -131,8 +131,8 @@ class MachineListener:
         """Something was queued outside receive/timer handling: call datagrams_to_send soon."""
 
     def datagrams_queued(self) -> None:
-        """Tunnel packets were queued as DATAGRAM frames: send them now (``flush_datagrams``)
-        or soon (``datagrams_to_send`` also sends them)."""
+        """Tunnel packets were queued as DATAGRAM frames or on a data stream the short cut carries:
+        send them now (``flush_datagrams``) or soon (``datagrams_to_send`` also sends them)."""
         self.wakeup()
 
 
@@ -181,10 +181,11 @@ class QuicSessionMachine:
         self._next_keepalive: float | None = None
         self._deferred_close: tuple[int, str] | None = None
         self._now = 0.0  # the latest time a caller gave us: the datagram channel's clock
-        # Whether aioquic may have something of its own to send. With the DATAGRAM short cut
+        # Whether aioquic may have something of its own to send. With the short cut
         # (quic_fastpath) most packets need no call into aioquic's datagrams_to_send, which costs
         # about 20 us even when it has nothing to send; everything that can give it something to
-        # send sets this: its receive and timer handling, stream writes, closes, ACKs received.
+        # send sets this: its receive and timer handling, writes on streams the short cut does
+        # not carry, flow-control limits to raise, closes, ACKs received.
         self._aioquic_due = True
         self._streams_carried = False  # whether the short cut sends the data streams' frames
 
@@ -277,8 +278,9 @@ class QuicSessionMachine:
         return out
 
     def flush_datagrams(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
-        """Send the DATAGRAM frames just queued, through the short cut, without waiting for
-        ``datagrams_to_send``; what cannot go now is left to it (the driver's wakeup follows)."""
+        """Send the DATAGRAM frames or data-stream bytes just queued, through the short cut,
+        without waiting for ``datagrams_to_send``; what cannot go now is left to it (the driver's
+        wakeup follows)."""
         self._now = now
         sent = self.fast_path.flush(now) if self.fast_path is not None else None
         if sent is None:
@@ -334,7 +336,7 @@ class QuicSessionMachine:
 
     def _short_cut_timer(self, now: float) -> bool:
         """Whether all that is due now is what the short cut sends by itself: an ACK, or DATAGRAM
-        frames the pacer held back. aioquic's handle_timer would then do nothing, and its
+        frames or data-stream bytes the pacer held back. aioquic's handle_timer would then do nothing, and its
         datagrams_to_send would only build the ACK, at several times the short cut's cost (an
         ACK alone is most of an idle ping's work at the end that sends it). Not when aioquic has
         anything of its own to send, nor for the idle and loss timers, which are aioquic's."""

@@ -32,6 +32,7 @@ from rustvpn.quic_fastpath import (
     DatagramFastPath,
     _ack_frame_bytes,
     _decode_packet_number,
+    _lone_stream_frame,
     _parse_frames,
     _varint,
 )
@@ -750,3 +751,29 @@ def test_stream_frames_parse_as_aioquic_writes_them() -> None:
     assert parsed[3] == [(8, 70000, b"abc"), (12, 0, b"de"), (16, 0, b"rest")] and parsed[2]
     assert _parse_frames(bytes((0x0B, 8, 1)) + b"x", None) is None  # FIN: aioquic's
     assert _parse_frames(bytes((0x0E, 8)) + _varint(2**62 - 2) + bytes((4,)) + b"abcd", None) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=63),
+    st.integers(min_value=0, max_value=2**62 - 2**14),
+    st.binary(min_size=1, max_size=1500),
+    st.booleans(),
+)
+def test_a_lone_stream_frame_reads_as_the_general_parser_reads_it(
+    stream_id: int, offset: int, data: bytes, trailing: bool
+) -> None:
+    """The direct read of a packet that is one STREAM frame (as aioquic writes it: type 0x0a or 0x0e,
+    2-byte length) gives what _parse_frames gives; anything after the frame sends it to _parse_frames."""
+    buf = Buffer(capacity=1600)
+    buf.push_uint8(0x0E if offset else 0x0A)
+    buf.push_uint_var(stream_id)
+    if offset:
+        buf.push_uint_var(offset)
+    buf.push_uint16(len(data) | 0x4000)
+    buf.push_bytes(data)
+    payload = buf.data + (b"\x01" if trailing else b"")
+    parsed = _parse_frames(payload, None)
+    assert parsed is not None and parsed[3][0] == (stream_id, offset, data)
+    assert _lone_stream_frame(payload) == (None if trailing else (stream_id, offset, data))
+    assert _lone_stream_frame(buf.data[:-1]) is None  # cut short
