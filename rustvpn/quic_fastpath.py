@@ -360,7 +360,7 @@ class DatagramFastPath:
             q._remote_max_data_used += sender.highest_offset - before
             kind = STREAM_BASE | STREAM_LEN | (STREAM_OFF if offset else 0) | (STREAM_FIN if frame.fin else 0)
             size = len(data)
-            if stream_id < 0x40 and 0x40 <= offset < 0x40000000:  # (nearly always: a 4-byte offset)
+            if stream_id < 0x40 and 0x4000 <= offset < 0x40000000:  # (nearly always: a 4-byte offset)
                 header = bytes((kind, stream_id)) + (((offset | 0x80000000) << 16) | size | 0x4000).to_bytes(6, "big")
             else:
                 header = bytes((kind,)) + _varint(stream_id) + (_varint(offset) if offset else b"")

@@ -777,3 +777,25 @@ def test_a_lone_stream_frame_reads_as_the_general_parser_reads_it(
     assert parsed is not None and parsed[3][0] == (stream_id, offset, data)
     assert _lone_stream_frame(payload) == (None if trailing else (stream_id, offset, data))
     assert _lone_stream_frame(buf.data[:-1]) is None  # cut short
+
+
+def test_stream_packets_fill_but_never_exceed_the_datagram_size(pki: dict[str, Path]) -> None:
+    """Through the offsets where a STREAM frame's offset field grows (1, 2, then 4 bytes), on two
+    streams sharing packets: every packet is at most the path's datagram size, and full ones fill it."""
+    wire, client, _server, _, server_rec = stream_pair(pki)
+    sizes: list[int] = []
+
+    def measure(datagrams: list[bytes]) -> list[bytes]:
+        sizes.extend(map(len, datagrams))
+        return datagrams
+
+    wire.client_filter = measure
+    out = {8: [packet(i, 37 + 13 * i) for i in range(60)], 12: [packet(1000 + i, 1000) for i in range(20)]}
+    for i in range(20):
+        client.channels[0].send_packets(out[8][3 * i : 3 * i + 3])
+        client.channels[1].send_packets(out[12][i : i + 1])
+        wire.step()
+    assert wire.run(lambda: len(server_rec.packets) == 80)
+    assert server_rec.on(8) == out[8] and server_rec.on(12) == out[12]
+    limit = client.quic._max_datagram_size
+    assert max(sizes) <= limit and sizes.count(limit) >= 10
