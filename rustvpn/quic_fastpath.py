@@ -335,6 +335,7 @@ class DatagramFastPath:
         limits, and is told of their delivery or loss. Returns the bytes used."""
         q = self.quic
         used = 0
+        sent: list[QuicStream] = []
         while streams:
             stream = streams[0]
             sender = stream.sender
@@ -370,6 +371,12 @@ class DatagramFastPath:
             handlers.append((sender.on_data_delivery, (offset, offset + size, frame.fin)))
             if stream not in served:
                 served.append(stream)
+            if stream not in sent:
+                sent.append(stream)
+        if sent and streams:
+            # aioquic's round robin, a packet at a time: the streams that sent in this packet go
+            # to the back, so that a ping on another stream waits for one packet, not the burst.
+            streams[:] = [s for s in streams if s not in sent] + [s for s in sent if s in streams]
         return used
 
     def _first_byte(self, pair: CryptoPair) -> int:

@@ -799,3 +799,22 @@ def test_stream_packets_fill_but_never_exceed_the_datagram_size(pki: dict[str, P
     assert server_rec.on(8) == out[8] and server_rec.on(12) == out[12]
     limit = client.quic._max_datagram_size
     assert max(sizes) <= limit and sizes.count(limit) >= 10
+
+
+def test_a_packet_on_another_stream_goes_out_behind_one_packet_of_a_burst_not_all_of_it(pki: dict[str, Path]) -> None:
+    """Streams take turns a packet at a time, as in aioquic: a ping queued on stream 12 after a
+    burst on stream 8 leaves in the second packet of the flush."""
+    _, client, server, _, server_rec = stream_pair(pki)
+    client.quic._streams_queue.sort(key=lambda s: s.stream_id != 8)  # the burst's stream has the first turn
+    client.channels[0].send_packets([packet(i, 1300) for i in range(12)])
+    ping = ping_packet(1)
+    client.channels[1].send_packets([ping])
+    datagrams = [data for data, _ in client.datagrams_to_send(1.0)]
+    assert len(datagrams) >= 6
+    arrived_in = None
+    for number, data in enumerate(datagrams, 1):
+        server.receive_datagram(data, CLIENT_ADDR, 1.0)
+        if server_rec.on(12):
+            arrived_in = number
+            break
+    assert server_rec.on(12) == [ping] and arrived_in == 2
