@@ -92,25 +92,26 @@ def test_packets_cross_both_ways_and_are_all_acknowledged(
     assert client.phase is Phase.UP and server.phase is Phase.UP
 
 
-def test_lost_packets_are_declared_lost_not_resent(pki: dict[str, Path]) -> None:
-    wire, client, _, _, server_rec = up_pair(pki)
-    dropped = 0
+class LoseEveryThird:
+    """A wire filter that drops the second datagram of every three, and counts them."""
 
-    def lose_every_third(datagrams: list[bytes]) -> list[bytes]:
-        nonlocal dropped
-        kept = []
-        for i, data in enumerate(datagrams):
-            if i % 3 == 1:
-                dropped += 1
-            else:
-                kept.append(data)
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def __call__(self, datagrams: list[bytes]) -> list[bytes]:
+        kept = [data for i, data in enumerate(datagrams) if i % 3 != 1]
+        self.dropped += len(datagrams) - len(kept)
         return kept
 
-    wire.client_filter = lose_every_third
+
+def test_lost_packets_are_declared_lost_not_resent(pki: dict[str, Path]) -> None:
+    wire, client, _, _, server_rec = up_pair(pki)
+    wire.client_filter = lose = LoseEveryThird()
     for i in range(0, 60, 6):
         send(client, [packet(i + k) for k in range(6)])
         wire.step()
     wire.client_filter = None
+    dropped = lose.dropped
     assert wire.run(lambda: in_flight(client) == 0, seconds=3)
     assert dropped > 0
     # DATAGRAM frames are not resent: exactly what was not dropped arrived, in order.
@@ -666,26 +667,14 @@ def test_lost_stream_data_is_resent_and_delivered_in_order(pki: dict[str, Path],
     """Lost packets leave gaps that aioquic's receiver buffers (the short cut takes only the next
     bytes of a stream); the sender resends what was lost, and every packet arrives, in order."""
     wire, client, server, _, server_rec = stream_pair(pki, client_fast=fast_sender)
-    dropped = 0
-
-    def lose_every_third(datagrams: list[bytes]) -> list[bytes]:
-        nonlocal dropped
-        kept = []
-        for i, data in enumerate(datagrams):
-            if i % 3 == 1:
-                dropped += 1
-            else:
-                kept.append(data)
-        return kept
-
     out = [packet(i, 1200) for i in range(60)]
-    wire.client_filter = lose_every_third
+    wire.client_filter = lose = LoseEveryThird()
     for i in range(0, 60, 6):
         send(client, out[i : i + 6])
         wire.step()
     wire.client_filter = None
     assert wire.run(lambda: len(server_rec.packets) == 60, seconds=5)
-    assert dropped > 0
+    assert lose.dropped > 0
     assert server_rec.on(8) == out
     assert wire.run(lambda: in_flight(client) == 0, seconds=3)
     receiver = server.quic._streams[8].receiver
