@@ -336,10 +336,11 @@ class QuicSessionMachine:
 
     def _short_cut_timer(self, now: float) -> bool:
         """Whether all that is due now is what the short cut sends by itself: an ACK, or DATAGRAM
-        frames or data-stream bytes the pacer held back. aioquic's handle_timer would then do nothing, and its
-        datagrams_to_send would only build the ACK, at several times the short cut's cost (an
-        ACK alone is most of an idle ping's work at the end that sends it). Not when aioquic has
-        anything of its own to send, nor for the idle and loss timers, which are aioquic's."""
+        frames or data-stream bytes the pacer held back. aioquic's handle_timer would then do
+        nothing, and its datagrams_to_send would only build the ACK, at several times the short
+        cut's cost (an ACK alone is most of an idle ping's work at the end that sends it). Not
+        when aioquic has anything of its own to send, nor for the idle and loss timers, which are
+        aioquic's."""
         fast = self.fast_path
         if fast is None or self._aioquic_due or self.phase is not Phase.UP or fast.timer() is None:
             return False
