@@ -187,7 +187,6 @@ class QuicSessionMachine:
         # send sets this: its receive and timer handling, writes on streams the short cut does
         # not carry, flow-control limits to raise, closes, ACKs received.
         self._aioquic_due = True
-        self._streams_carried = False  # whether the short cut sends the data streams' frames
 
     # -- the QuicConnection-shaped API --------------------------------------------------------
     def connect(self, addr: NetworkAddress, now: float) -> None:
@@ -487,22 +486,21 @@ class QuicSessionMachine:
             left = self.channels[index].decoder.pending
             self._lost(f"peer finished data stream {stream_id}" + (f" inside a frame ({left} bytes)" if left else ""))
 
-    def _carried_stream_data(self, stream_data: list[tuple[int, bytes]], now: float) -> None:
-        """Data of the data streams that came through the short cut (only streams it carries)."""
-        channels = self.channels
-        for stream_id, data in stream_data:
-            if self.phase is Phase.ENDED:
-                return
-            self._channel_data(channels[(stream_id - FIRST_DATA_STREAM) // 4], data, now)
-
     def _stream_queued(self) -> None:
         """A data stream has bytes queued: once the short cut carries the streams they go out now,
         as DATAGRAM frames do (a trip through the loop's call_soon costs a ping an iteration);
         before, aioquic sends them, soon."""
-        if self._streams_carried:
+        if self.phase is Phase.UP and self.fast_path is not None:  # (it carries them from UP on)
             self.listener.datagrams_queued()
         else:
             self._wake()
+
+    def _carried_stream_data(self, stream_data: list[tuple[int, bytes]], now: float) -> None:
+        """Data of the data streams that came through the short cut, as if aioquic had sent it."""
+        for stream_id, data in stream_data:
+            if self.phase is Phase.ENDED:
+                return
+            self._stream_data(stream_id, data, False, now)
 
     def _datagram_frames(self, payloads: list[bytes]) -> None:
         channel = self.datagram_channel
@@ -612,7 +610,6 @@ class QuicSessionMachine:
             if self.fast_path is None:
                 self.fast_path = DatagramFastPath(self.quic)
             self.fast_path.carry_streams([channel.stream_id for channel in self.channels])
-            self._streams_carried = True
             log.info("%d data streams with %s up", len(self.channels), self.peer)
             self.listener.session_established(self)
 
