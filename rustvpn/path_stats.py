@@ -44,6 +44,9 @@ class PathFigures:
     cwnd_bytes: int | None = None
     in_flight_bytes: int | None = None
     lost_packets: int | None = None
+    # The congestion control at work: the kernel's algorithm in TCP mode ("cubic"); in QUIC mode
+    # the tunnel controller's mode, "delay" or "competing" (quic_congestion).
+    congestion: str | None = None
     connections: int = 1  # how many transport connections these figures sum up
 
     def as_dict(self) -> dict[str, Any]:
@@ -54,8 +57,8 @@ def _ms(seconds_or_none: float | None, scale: float) -> float | None:
     return None if seconds_or_none is None else round(seconds_or_none * scale, 3)
 
 
-def parse_tcp_info(raw: bytes) -> PathFigures:
-    """The figures of one TCP connection from its ``TCP_INFO`` bytes."""
+def parse_tcp_info(raw: bytes, congestion: str | None = None) -> PathFigures:
+    """The figures of one TCP connection from its ``TCP_INFO`` bytes (and ``TCP_CONGESTION``'s)."""
 
     def u32(name: str) -> int | None:
         at = _U32_AT[name]
@@ -72,6 +75,7 @@ def parse_tcp_info(raw: bytes) -> PathFigures:
         cwnd_bytes=None if mss is None or cwnd is None else cwnd * mss,
         in_flight_bytes=None if mss is None or unacked is None else unacked * mss,
         lost_packets=u32("total_retrans"),
+        congestion=congestion,
     )
 
 
@@ -81,9 +85,10 @@ def tcp_path(sock: socket.socket | None) -> PathFigures | None:
         return None
     try:
         raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+        name = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
     except OSError:  # closed meanwhile, or not TCP
         return None
-    return parse_tcp_info(raw)
+    return parse_tcp_info(raw, name.split(b"\0", 1)[0].decode("ascii", "replace") or None)
 
 
 def quic_path(recovery: Any) -> PathFigures:
@@ -93,6 +98,7 @@ def quic_path(recovery: Any) -> PathFigures:
     sampled = bool(recovery._rtt_initialized)
     rtt_min = recovery._rtt_min
     lost = getattr(recovery._cc, "lost_packets", None)
+    mode = getattr(recovery._cc, "mode", None)
     return PathFigures(
         rtt_ms=_ms(recovery._rtt_smoothed, 1e3) if sampled else None,
         rtt_var_ms=_ms(recovery._rtt_variance, 1e3) if sampled else None,
@@ -100,13 +106,15 @@ def quic_path(recovery: Any) -> PathFigures:
         cwnd_bytes=int(recovery.congestion_window),
         in_flight_bytes=int(recovery.bytes_in_flight),
         lost_packets=lost if isinstance(lost, int) else None,
+        congestion=mode if isinstance(mode, str) else None,
     )
 
 
 def combine(paths: Sequence[PathFigures | None]) -> PathFigures | None:
     """Several connections over one underlay path (TCP mode's data connections) as one: the median
     smoothed RTT and its variation (each connection's own queue adds to its RTT, and the median
-    is the typical packet's), the lowest minimum, and windows, bytes in flight and losses summed."""
+    is the typical packet's), the lowest minimum, windows, bytes in flight and losses summed, and
+    the congestion controls named once each."""
     known = [p for p in paths if p is not None]
     if not known:
         return None
@@ -123,5 +131,6 @@ def combine(paths: Sequence[PathFigures | None]) -> PathFigures | None:
         cwnd_bytes=total([p.cwnd_bytes for p in known]),
         in_flight_bytes=total([p.in_flight_bytes for p in known]),
         lost_packets=total([p.lost_packets for p in known]),
+        congestion=", ".join(sorted({p.congestion for p in known if p.congestion})) or None,
         connections=sum(p.connections for p in known),
     )

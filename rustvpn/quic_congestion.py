@@ -11,6 +11,17 @@ inner flows then meet the queue at the tunnel's entry, where CoDel (quic_datagra
 down. Per acknowledged packet it only adds: this runs for every packet the tunnel sends, in
 Python. Registered with aioquic as ``rustvpn``.
 
+A delay-based sender alone at a bottleneck keeps the queue short; next to a loss-based flow (any
+TCP download outside the tunnel) it yields until it starves, since that flow keeps a queue whatever
+we do: through a 200 Mbit/s bottleneck, the tunnel got 6-48 Mbit/s against the other flow's
+150-185. So, as Copa switches modes, the controller finds out whether a queue is its own, and
+competes by loss alone ("competing") while it is not. The test is a drain probe, as BBR's
+PROBE_RTT: hold the window at its minimum for a while and count the intervals that still show a
+queue once ours has drained; if a third or more do, the queue is someone else's. A delay-mode
+sender probes when its window cuts do not seem to pay (a score: +1 for each interval with a
+queue, -1 for each without, up to COMPETE_SCORE), and a competing one every PROBE_PERIOD, to go
+back to delay control once the other traffic is gone.
+
 The pacer (:class:`TunnelPacer`) spreads what the window allows over the RTT in bursts of half a
 millisecond rather than packet by packet.
 """
@@ -28,7 +39,7 @@ from aioquic.quic.congestion.base import (
 from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
 
-__all__ = ["CONGESTION_CONTROL", "STREAM_QUEUE_TARGET", "TunnelCongestionControl", "TunnelPacer"]
+__all__ = ["COMPETING", "CONGESTION_CONTROL", "DELAY", "STREAM_QUEUE_TARGET", "TunnelCongestionControl", "TunnelPacer"]
 
 CONGESTION_CONTROL = "rustvpn"
 LOSS_REDUCTION = 0.7  # as CUBIC
@@ -43,11 +54,21 @@ DELAY_REDUCTION = 0.85  # gentler: a queue is a warning, a loss a fact
 # took p99 to 5.9-8.3 at 11% less throughput.
 QUEUE_TARGET = 0.004
 STREAM_QUEUE_TARGET = 0.002
-BASE_RTT_WINDOW = 10.0  # seconds a base RTT sample is trusted, so a longer route is learnt
+BASE_RTT_WINDOW = 10.0  # seconds: the base RTT is the lowest sample of the last 10-20 s
 INTERVAL = 0.02  # seconds (or one base RTT, if longer) over which a queue must stand
 # Growth per RTT in congestion avoidance: a share of the window (as Scalable TCP), not one packet
 # as in Reno, so that a window cut by a delay signal comes back in a few RTTs on any path.
 GROWTH_SHARE = 1 / 64
+# Delay mode probes when this score is reached: +1 for an interval with a standing queue (and a
+# window cut), -1 for one without. Alone at a 200 Mbit/s bottleneck, at most 40% of the intervals
+# had a queue (lab, per second); next to a TCP flow, 50-86%. At 20 Mbit/s alone too the score gets
+# there (each interval is several RTTs of growth against one cut): the probe tells the two apart.
+COMPETE_SCORE = 25
+# Probes: at most one per PROBE_PERIOD, holding the window at its minimum for PROBE_TIME, or three
+# RTTs if longer (so that a queue of our own can drain).
+PROBE_PERIOD = 4.0
+PROBE_TIME = 0.2
+DELAY, COMPETING = "delay", "competing"
 
 
 # Pacing: the shortest wait for the pacer's next send, and the most sending time it may save up.
@@ -97,8 +118,9 @@ class TunnelCongestionControl(QuicCongestionControl):
         self._max_datagram_size = max_datagram_size
         self._recovery_start = -math.inf  # when the window was last reduced
         self._stash = 0
-        self._base_rtt = math.inf
-        self._base_rtt_at = 0.0
+        self._base_rtt = math.inf  # the lowest RTT sample of this window and the last one
+        self._window_min = math.inf  # this window's
+        self._window_start = 0.0
         self._interval_min = math.inf
         self._interval_start = 0.0
         # The ACK delay the peer reported in the ACK being applied, set by the short cut
@@ -109,6 +131,16 @@ class TunnelCongestionControl(QuicCongestionControl):
         self.lost_packets = 0
         # The queue allowed above the base RTT; the session lowers it when streams carry its packets.
         self.queue_target = QUEUE_TARGET
+        # DELAY or COMPETING (see the module's docstring), and how often it changed, for the status.
+        self.mode = DELAY
+        self.mode_changes = 0
+        self._score = 0  # delay mode: towards COMPETE_SCORE
+        self._window_before_queue = 0  # the window when the score last left 0
+        self._next_probe = 0.0  # the earliest time for the next drain probe
+        self._probe_until: float | None = None  # during a probe: when it ends
+        self._probe_counts_from = 0.0
+        self._probe_intervals = self._probe_queued = 0  # during a probe: intervals, with a queue
+        self._probe_window = 0  # the window the probe set aside
 
     def _minimum(self) -> int:
         return K_MINIMUM_WINDOW * self._max_datagram_size
@@ -155,16 +187,72 @@ class TunnelCongestionControl(QuicCongestionControl):
             # ping on an idle tunnel. The usual delays (aioquic's 1 ms, plus a late timer) stay
             # in, as they were when the target was tuned, and as RFC 9002 keeps them in min_rtt.
             return
-        if rtt <= self._base_rtt or now - self._base_rtt_at > BASE_RTT_WINDOW:
-            self._base_rtt, self._base_rtt_at = rtt, now
+        if rtt < self._base_rtt:
+            self._base_rtt = rtt
+        if rtt < self._window_min:
+            self._window_min = rtt
+        if now - self._window_start > BASE_RTT_WINDOW:
+            # The lowest sample of the last one to two windows: a longer route is learnt, but
+            # not a queue that others hold most of the time (a probe compares with the base).
+            self._base_rtt = min(self._window_min, rtt)
+            self._window_min, self._window_start = rtt, now
         if rtt < self._interval_min:
             self._interval_min = rtt
         if now - self._interval_start < max(INTERVAL, self._base_rtt):
             return
-        standing = self._interval_min - self._base_rtt
+        queued = self._interval_min - self._base_rtt > max(self.queue_target, self._base_rtt / 4)
         self._interval_min, self._interval_start = math.inf, now
-        if standing > max(self.queue_target, self._base_rtt / 4):
+        if self._probe_until is not None:
+            if now >= self._probe_counts_from:
+                self._probe_intervals += 1
+                self._probe_queued += queued
+            if now >= self._probe_until:
+                self._end_probe(now)
+        elif self.mode == COMPETING:
+            if now >= self._next_probe:
+                self._start_probe(now, rtt)
+        elif queued:
+            if not self._score:
+                self._window_before_queue = self.congestion_window
             self._reduce(now, DELAY_REDUCTION)
+            self._score += 1
+            if self._score >= COMPETE_SCORE and now >= self._next_probe:
+                self._start_probe(now, rtt)
+        elif self._score:
+            self._score -= 1
+
+    def _start_probe(self, now: float, rtt: float) -> None:
+        self._probe_window = self.congestion_window
+        self.congestion_window = self._minimum()
+        self._probe_until = now + max(PROBE_TIME, 3 * rtt)
+        self._probe_counts_from = now + rtt  # what we had queued is gone by then
+        self._probe_intervals = self._probe_queued = 0
+        self._recovery_start = self._probe_until  # no growth from what the probe sends
+
+    def _end_probe(self, now: float) -> None:
+        self._probe_until = None
+        self._recovery_start = now
+        self._next_probe = now + PROBE_PERIOD
+        self._score = 0
+        # A queue of our own is gone after the first RTT of the probe; one that others hold was
+        # there in 40-100% of the intervals after it (lab, next to a TCP flow).
+        others = 3 * self._probe_queued >= self._probe_intervals > 0
+        if others and self.mode == DELAY:
+            # The queue stayed without our packets: not ours. Compete from the window we had when
+            # it came, finding our share as at start (slow start, until a loss).
+            self._set_mode(COMPETING)
+            self.congestion_window = max(self._window_before_queue, self._probe_window)
+            self.ssthresh = None
+        elif not others and self.mode == COMPETING:
+            # The queue went with our packets: it was ours. Delay control again, from half.
+            self._set_mode(DELAY)
+            self.congestion_window = self.ssthresh = max(self._probe_window // 2, self._minimum())
+        else:
+            self.congestion_window = self._probe_window
+
+    def _set_mode(self, mode: str) -> None:
+        self.mode = mode
+        self.mode_changes += 1
 
     def _reduce(self, now: float, factor: float) -> None:
         self._recovery_start = now

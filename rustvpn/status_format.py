@@ -109,7 +109,8 @@ def _rtt(path: Any) -> str:
 
 def _path(path: dict[str, Any], transport: str) -> str:
     """One line for the underlay path: RTT (minimum, variation), window, bytes in flight, losses
-    (in TCP mode the kernel's retransmitted segments, in QUIC mode the packets declared lost)."""
+    (in TCP mode the kernel's retransmitted segments, in QUIC mode the packets declared lost), the
+    congestion control (TCP: the kernel's algorithm; QUIC: the tunnel controller's mode)."""
     parts = [f"rtt {_rtt(path)}"]
     low, var = _number(path.get("min_rtt_ms")), _number(path.get("rtt_var_ms"))
     if low is not None and var is not None:
@@ -119,6 +120,9 @@ def _path(path: dict[str, Any], transport: str) -> str:
     if isinstance(lost, int) and not isinstance(lost, bool):
         segments = f"{lost:,} segment" if lost == 1 else f"{lost:,} segments"
         parts.append(f"{segments} retransmitted" if transport == "tcp" else f"{_packets(lost)} lost")
+    congestion = path.get("congestion")
+    if isinstance(congestion, str) and congestion:
+        parts.append(f"congestion: {congestion}")
     connections = _int(path.get("connections"))
     if connections > 1:
         parts.append(f"over {connections} connections")

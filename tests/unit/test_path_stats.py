@@ -73,6 +73,10 @@ def test_tcp_figures_are_what_the_kernel_reports(tcp_pair: tuple[socket.socket, 
     assert figures.in_flight_bytes == 0
     assert figures.lost_packets == 0
     assert figures.connections == 1
+    # The kernel's algorithm for new connections, unless the socket chose its own.
+    assert figures.congestion == Path("/proc/sys/net/ipv4/tcp_congestion_control").read_text().strip()
+    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, b"reno")  # (always built in)
+    assert (tcp_path(client) or PathFigures()).congestion == "reno"
 
 
 def test_a_closed_socket_has_no_figures(tcp_pair: tuple[socket.socket, socket.socket]) -> None:
@@ -106,14 +110,18 @@ def test_an_older_kernels_shorter_struct_leaves_the_newer_fields_none() -> None:
 
 
 def test_connections_over_one_path_combine_into_one() -> None:
-    a = PathFigures(rtt_ms=1.0, rtt_var_ms=0.1, min_rtt_ms=0.5, cwnd_bytes=100, in_flight_bytes=10, lost_packets=1)
-    b = PathFigures(rtt_ms=3.0, rtt_var_ms=0.3, min_rtt_ms=0.4, cwnd_bytes=200, in_flight_bytes=0, lost_packets=2)
-    c = PathFigures(rtt_ms=9.0, rtt_var_ms=0.9, min_rtt_ms=0.6, cwnd_bytes=300, in_flight_bytes=5, lost_packets=0)
+    a = PathFigures(rtt_ms=1.0, rtt_var_ms=0.1, min_rtt_ms=0.5, cwnd_bytes=100, in_flight_bytes=10, lost_packets=1,
+                    congestion="cubic")  # fmt: skip
+    b = PathFigures(rtt_ms=3.0, rtt_var_ms=0.3, min_rtt_ms=0.4, cwnd_bytes=200, in_flight_bytes=0, lost_packets=2,
+                    congestion="cubic")  # fmt: skip
+    c = PathFigures(rtt_ms=9.0, rtt_var_ms=0.9, min_rtt_ms=0.6, cwnd_bytes=300, in_flight_bytes=5, lost_packets=0,
+                    congestion="bbr")  # fmt: skip
     fresh = PathFigures(cwnd_bytes=50, in_flight_bytes=0, lost_packets=0)  # no RTT sample yet
     whole = combine([a, b, c, fresh, None])  # (None: a connection closed meanwhile)
     assert whole == PathFigures(
-        rtt_ms=3.0, rtt_var_ms=0.3, min_rtt_ms=0.4, cwnd_bytes=650, in_flight_bytes=15, lost_packets=3, connections=4
-    )
+        rtt_ms=3.0, rtt_var_ms=0.3, min_rtt_ms=0.4, cwnd_bytes=650, in_flight_bytes=15, lost_packets=3,
+        congestion="bbr, cubic", connections=4,
+    )  # fmt: skip
     assert combine([None, None]) is None
     assert combine([]) is None
 
@@ -143,6 +151,7 @@ def test_quic_figures_follow_the_connections_rtt_and_losses(pki: dict[str, Path]
     assert figures.in_flight_bytes == 0
     assert figures.cwnd_bytes == client.quic._loss.congestion_window > 0
     assert figures.lost_packets == 0
+    assert figures.congestion == "delay"  # (alone on the wire: its queue is its own)
 
     dropped = 0
 
@@ -184,6 +193,8 @@ def test_status_shows_the_path_and_tcp_streams_rtt() -> None:
     quic = {"transport": "quic", "path": {**path, "connections": 1}, "streams": [{"index": 0, **stream, "path": None}]}
     text = format_status(quic)
     assert "path: rtt 1.23 ms (min 0.900, var 0.200), window 64.00 KiB, in flight 0 B, 3 packets lost\n" in text + "\n"
+    text = format_status({**quic, "path": {**path, "connections": 1, "congestion": "competing"}})
+    assert ", 3 packets lost, congestion: competing\n" in text + "\n"
     assert "retransmits" not in text  # QUIC's streams share the one connection's path
     assert "path:" not in format_status({"transport": "quic", "path": None})
     assert ", 1 segment retransmitted" in format_status({"transport": "tcp", "path": {**path, "lost_packets": 1}})

@@ -189,13 +189,14 @@ def test_snapshot_fields() -> None:
 def test_snapshot_carries_the_path_as_a_whole_and_per_stream() -> None:
     session = FakeSession()
     whole = PathFigures(rtt_ms=2.5, rtt_var_ms=0.5, min_rtt_ms=2.0, cwnd_bytes=9000, in_flight_bytes=0,
-                        lost_packets=4, connections=3)  # fmt: skip
+                        lost_packets=4, congestion="cubic", connections=3)  # fmt: skip
     own = PathFigures(rtt_ms=3.0, min_rtt_ms=2.0, cwnd_bytes=3000, in_flight_bytes=0, lost_packets=1)
     session.path = (whole, [own, None, own])  # (None: a connection closed meanwhile)
     snap = snapshot("office", server_config(), connected_state(), session)  # type: ignore[arg-type]
     assert json.loads(json.dumps(snap)) == snap
     assert snap["path"] == {"rtt_ms": 2.5, "rtt_var_ms": 0.5, "min_rtt_ms": 2.0, "cwnd_bytes": 9000,
-                            "in_flight_bytes": 0, "lost_packets": 4, "connections": 3}  # fmt: skip
+                            "in_flight_bytes": 0, "lost_packets": 4, "congestion": "cubic",
+                            "connections": 3}  # fmt: skip
     assert [s["path"] for s in snap["streams"]] == [own.as_dict(), None, own.as_dict()]
     assert snap["streams"][0]["path"]["rtt_var_ms"] is None
 

@@ -1,0 +1,85 @@
+"""QUIC mode next to a TCP flow outside the tunnel, through one bottleneck: a token bucket (tbf) on
+both veth ends, with a queue of 50 ms.
+
+A delay-based controller alone would yield to the queue the other flow keeps until the tunnel
+starves (6-48 Mbit/s against 150-185 at 200 Mbit/s, before quic_congestion learnt to tell queues
+apart). The test checks the behaviour that prevents it, through the real daemons, the kernel's TCP
+and its qdisc: the client's status says "competing" while the other flow runs, and "delay" again
+once it has stopped (a drain probe finds the queue its own). How much each flow gets is the
+benchmark's to measure (bench/run.py, "Sharing a bottleneck"), not asserted here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from rustvpn.quic_congestion import PROBE_PERIOD
+from tests.faults.conftest import FigureLog
+from tests.faults.harness import SERVER_TUN_IP, Tunnel, start_tunnel, wait_until
+from tests.integration.netns import SERVER_UNDERLAY4, NetnsPair
+
+pytestmark = [pytest.mark.root, pytest.mark.faults]
+
+BOTTLENECK = ("tbf", "rate", "100mbit", "burst", "32k", "latency", "50ms")
+TUNNEL_PORT, OUTSIDE_PORT = 5301, 5302
+
+
+def veth(hosts: NetnsPair, netns: str) -> str:
+    line = hosts.run(netns, "ip", "-o", "link", "show", "type", "veth").stdout.splitlines()[0]
+    return line.split(":")[1].strip().split("@")[0]
+
+
+def congestion(tunnel: Tunnel) -> str | None:
+    path = tunnel.client_status().get("path") or {}
+    value = path.get("congestion")
+    return value if isinstance(value, str) else None
+
+
+def iperf(hosts: NetnsPair, netns: str, *args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, "iperf3", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def test_quic_competes_beside_an_outside_tcp_flow_and_goes_back_to_delay_control(
+    hosts: NetnsPair, figures: FigureLog
+) -> None:
+    for netns in (hosts.client, hosts.server):
+        dev = veth(hosts, netns)
+        hosts.run(netns, "tc", "qdisc", "add", "dev", dev, "root", *BOTTLENECK)
+    tunnel = start_tunnel(hosts, "quic")
+    flows: list[subprocess.Popen[bytes]] = []
+    try:
+        flows += [
+            iperf(hosts, hosts.server, "-s", "-B", SERVER_TUN_IP, "-p", str(TUNNEL_PORT)),
+            iperf(hosts, hosts.server, "-s", "-B", SERVER_UNDERLAY4, "-p", str(OUTSIDE_PORT)),
+        ]
+        time.sleep(0.5)
+        flows.append(iperf(hosts, hosts.client, "-c", SERVER_TUN_IP, "-p", str(TUNNEL_PORT), "-t", "60"))
+        # Alone, the tunnel's queue is its own: delay control throughout.
+        time.sleep(3)
+        assert congestion(tunnel) == "delay"
+        outside = iperf(hosts, hosts.client, "-c", SERVER_UNDERLAY4, "-p", str(OUTSIDE_PORT), "-t", "60")
+        flows.append(outside)
+        started = time.monotonic()
+        assert wait_until(lambda: congestion(tunnel) == "competing", 20), "never competed with the outside flow"
+        figures.add("competing after", time.monotonic() - started, "s")
+        outside.terminate()
+        outside.wait(timeout=10)
+        stopped = time.monotonic()
+        assert wait_until(lambda: congestion(tunnel) == "delay", 2 * PROBE_PERIOD + 5), "stayed competing"
+        figures.add("delay control again after", time.monotonic() - stopped, "s")
+        # The session went on throughout.
+        assert tunnel.client_status()["state"] == "connected"
+    finally:
+        for flow in flows:
+            if flow.poll() is None:
+                flow.terminate()
+        for flow in flows:
+            try:
+                flow.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                flow.kill()

@@ -1,0 +1,159 @@
+"""The tunnel's congestion controller telling its own queue from one that other traffic holds.
+
+RTT samples come in every millisecond, as ACKs would in bulk; a sample's value stands for the
+queue in front of the peer at that time: ``queue(now, cc)`` returns seconds above the base RTT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rustvpn.quic_congestion import (
+    BASE_RTT_WINDOW,
+    COMPETE_SCORE,
+    COMPETING,
+    DELAY,
+    INTERVAL,
+    PROBE_PERIOD,
+    PROBE_TIME,
+    QUEUE_TARGET,
+    TunnelCongestionControl,
+)
+
+BASE = 0.001
+SIZE = 1200
+MINIMUM = 2 * SIZE
+Queue = Callable[[float, TunnelCongestionControl], float]
+Condition = Callable[[TunnelCongestionControl], bool]
+
+
+def run(
+    cc: TunnelCongestionControl,
+    start: float,
+    seconds: float,
+    queue: Queue,
+    grow: float = 0.0,
+    until: Condition | None = None,
+) -> float:
+    """Feed samples for up to ``seconds`` from ``start`` (stopping as soon as ``until`` holds), the
+    window growing by ``grow`` packets a sample as ACKs would grow it; returns the time reached."""
+    now = start
+    for _ in range(round(seconds / 0.001)):
+        now += 0.001
+        cc.on_rtt_measurement(now=now, rtt=BASE + queue(now, cc))
+        cc.congestion_window += int(grow * SIZE)
+        if until is not None and until(cc):
+            break
+    return now
+
+
+def controller(window_packets: int = 400) -> TunnelCongestionControl:
+    cc = TunnelCongestionControl(max_datagram_size=SIZE)
+    cc.congestion_window = window_packets * SIZE
+    cc.on_rtt_measurement(now=0.0, rtt=BASE)
+    return cc
+
+
+def probing(cc: TunnelCongestionControl) -> bool:
+    return cc._probe_until is not None
+
+
+def others_queue(now: float, cc: TunnelCongestionControl) -> float:
+    """A queue a loss-based flow keeps: 10 ms whatever our window."""
+    return 0.010
+
+
+def own_queue(now: float, cc: TunnelCongestionControl) -> float:
+    """Our own queue: what our window holds beyond a 100-packet pipe, at 100 packets per ms."""
+    return max(0.0, (cc.congestion_window / SIZE - 100) / 100_000)  # 500 packets: the 4 ms target
+
+
+def short_of_probe(cc: TunnelCongestionControl, queue: Queue) -> float:
+    """Run ``cc`` until its delay control calls a probe; checks it took a score's worth."""
+    now = run(cc, 0.0, 2 * COMPETE_SCORE * INTERVAL, queue, until=probing)
+    assert probing(cc) and cc.mode == DELAY
+    assert (COMPETE_SCORE - 1) * INTERVAL <= now <= (COMPETE_SCORE + 2) * INTERVAL
+    assert cc.congestion_window == MINIMUM  # held at the minimum for the probe
+    return now
+
+
+def test_a_queue_that_stays_through_cuts_and_a_probe_is_someone_elses() -> None:
+    cc = controller()
+    window = cc.congestion_window
+    now = short_of_probe(cc, others_queue)
+    now = run(cc, now, PROBE_TIME + 3 * INTERVAL, others_queue, until=lambda cc: not probing(cc))
+    # The queue stayed without our packets: competing, from the window before the queue came,
+    # in slow start; no more cuts on delay.
+    assert cc.mode == COMPETING and cc.mode_changes == 1
+    assert cc.congestion_window == window and cc.ssthresh is None
+    run(cc, now, PROBE_PERIOD / 2, others_queue)
+    assert cc.congestion_window == window
+
+
+def test_a_queue_of_our_own_never_makes_it_compete() -> None:
+    cc = controller(1000)
+    run(cc, 0.0, 20.0, own_queue, grow=0.2)
+    assert cc.mode == DELAY and cc.mode_changes == 0 and cc._score < 3
+    assert 400 * SIZE <= cc.congestion_window <= 520 * SIZE  # cut back to the target, again and again
+
+
+def test_a_probe_that_finds_the_queue_gone_keeps_delay_control_and_the_window() -> None:
+    """A slow link, where each interval's growth holds the queue above the target and the score
+    climbs: the probe drains the queue, so it was ours; the window comes back as it was."""
+    cc = controller()
+
+    def queue(now: float, cc: TunnelCongestionControl) -> float:
+        return 0.006 if cc.congestion_window > MINIMUM else 0.0
+
+    now = short_of_probe(cc, queue)
+    window = cc._probe_window
+    now = run(cc, now, PROBE_TIME + 3 * INTERVAL, queue, until=lambda cc: not probing(cc))
+    assert cc.mode == DELAY and cc.mode_changes == 0
+    assert cc.congestion_window == window
+    # No second probe before PROBE_PERIOD, however the score climbs.
+    run(cc, now, PROBE_PERIOD - 2 * INTERVAL, queue, grow=0.5, until=probing)
+    assert not probing(cc)
+
+
+def test_competing_goes_back_to_delay_control_once_the_other_traffic_is_gone() -> None:
+    cc = controller()
+    now = short_of_probe(cc, others_queue)
+    now = run(cc, now, PROBE_TIME + 3 * INTERVAL, others_queue, until=lambda cc: not probing(cc))
+    assert cc.mode == COMPETING
+    # The other flow stops; our own traffic, loss-based now, keeps a queue of 20 ms that only the
+    # next probe takes away.
+    gone: Queue = lambda now, cc: 0.020 if cc.congestion_window > MINIMUM else 0.0  # noqa: E731
+    window = cc.congestion_window
+    started = now
+    now = run(cc, now, PROBE_PERIOD + INTERVAL, gone, until=probing)
+    assert cc.mode == COMPETING and now - started >= PROBE_PERIOD - INTERVAL
+    run(cc, now, PROBE_TIME + 3 * INTERVAL, gone, until=lambda cc: not probing(cc))
+    assert cc.mode == DELAY and cc.mode_changes == 2
+    assert cc.congestion_window == cc.ssthresh == window // 2
+
+
+def test_spikes_and_short_queues_do_not_call_a_probe() -> None:
+    """Alone at a bottleneck, fewer than half of the intervals show a queue: the score stays low."""
+    cc = controller()
+    window = cc.congestion_window
+
+    def queue(now: float, cc: TunnelCongestionControl) -> float:
+        return 0.010 if int(now / INTERVAL) % 5 < 2 else 0.0  # 2 intervals in 5
+
+    run(cc, 0.0, 10.0, queue, until=probing)
+    assert cc.mode == DELAY and not probing(cc) and cc._score < 3
+    assert cc.congestion_window < window  # (the queued intervals were cut all the same)
+
+
+def test_the_base_rtt_is_the_lowest_sample_of_the_last_one_to_two_windows() -> None:
+    cc = controller()
+    now = run(cc, 0.0, 1.0, lambda now, cc: 0.0)
+    assert cc._base_rtt == BASE
+    # A longer route: samples 5 ms higher from now on. The old base holds for up to two windows
+    # (a queue others hold most of the time is not learnt as the path), then the new one counts.
+    longer: Queue = lambda now, cc: 0.005  # noqa: E731
+    now = run(cc, now, BASE_RTT_WINDOW, longer)
+    assert cc._base_rtt == BASE
+    run(cc, now, BASE_RTT_WINDOW + 0.1, longer)
+    assert abs(cc._base_rtt - (BASE + 0.005)) < 1e-9
+    assert QUEUE_TARGET < 0.005  # (so the samples after the change were read as a queue till then)
