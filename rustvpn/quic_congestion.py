@@ -175,7 +175,8 @@ class TunnelCongestionControl(QuicCongestionControl):
             self._reduce(now, LOSS_REDUCTION)
 
     def on_persistent_congestion(self) -> None:
-        self.congestion_window = self._minimum()
+        # (Nor does the end of a probe: its window, or the one before the queue, would come back.)
+        self.congestion_window = self._probe_window = self._window_before_queue = self._minimum()
         self._recovery_start = -math.inf
 
     def on_rtt_measurement(self, *, now: float, rtt: float) -> None:

@@ -157,3 +157,11 @@ def test_the_base_rtt_is_the_lowest_sample_of_the_last_one_to_two_windows() -> N
     run(cc, now, BASE_RTT_WINDOW + 0.1, longer)
     assert abs(cc._base_rtt - (BASE + 0.005)) < 1e-9
     assert QUEUE_TARGET < 0.005  # (so the samples after the change were read as a queue till then)
+
+
+def test_persistent_congestion_during_a_probe_is_not_undone_by_its_end() -> None:
+    cc = controller()
+    now = short_of_probe(cc, others_queue)
+    cc.on_persistent_congestion()
+    run(cc, now, PROBE_TIME + 3 * INTERVAL, others_queue, until=lambda cc: not probing(cc))
+    assert not probing(cc) and cc.congestion_window == MINIMUM
