@@ -28,8 +28,10 @@ from rustvpn.stats import TunnelState
 
 log = logging.getLogger("rustvpn.session")
 
-# Client retry: quick at first, then the reference peer's fixed 5 s.
-RETRY_DELAYS = (1.0, 2.0, 3.0, 5.0)
+# Client retry, by failures in a row: quick at first (a restarted server listens again within a
+# second; at a first deployment both ends start together, and a refused first try cost 2 s), then
+# the reference peer's fixed 5 s.
+RETRY_DELAYS = (0.5, 1.0, 2.0, 5.0)
 
 
 def local_params(config: TunnelConfig, token: str) -> ExchangeParams:
@@ -182,7 +184,7 @@ class TunnelEngine:
             self.state.reconnects += 1
             self.state.retry_in = delay
             self._set_state("reconnecting")
-            log.info("reconnecting in %.0f s", delay, extra=events.event(events.RECONNECTING))
+            log.info("reconnecting in %g s", delay, extra=events.event(events.RECONNECTING))
             await asyncio.sleep(delay)
 
     async def run_server(self, next_session: Callable[[], Awaitable[Session]]) -> None:
@@ -201,7 +203,7 @@ def describe_state(state: TunnelState) -> str:
         return f"connected to {state.peer} (CN {state.peer_cn or '-'}), {state.streams} streams"
     if state.state == "reconnecting":
         why = f" after: {state.last_error}" if state.last_error else ""
-        return f"reconnecting in {state.retry_in:.0f} s{why}"
+        return f"reconnecting in {state.retry_in:g} s{why}"
     if state.state == "listening":
         return "waiting for peer" + (f" (last: {state.last_error})" if state.last_error else "")
     return state.state
