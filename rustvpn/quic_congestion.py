@@ -28,6 +28,7 @@ millisecond rather than packet by packet.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 
@@ -40,6 +41,8 @@ from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
 
 __all__ = ["COMPETING", "CONGESTION_CONTROL", "DELAY", "STREAM_QUEUE_TARGET", "TunnelCongestionControl", "TunnelPacer"]
+
+log = logging.getLogger("rustvpn.quic")
 
 CONGESTION_CONTROL = "rustvpn"
 LOSS_REDUCTION = 0.7  # as CUBIC
@@ -131,7 +134,8 @@ class TunnelCongestionControl(QuicCongestionControl):
         self.lost_packets = 0
         # The queue allowed above the base RTT; the session lowers it when streams carry its packets.
         self.queue_target = QUEUE_TARGET
-        # DELAY or COMPETING (see the module's docstring), and how often it changed, for the status.
+        # DELAY or COMPETING (see the module's docstring; `rustvpn status` shows it), and how often
+        # it changed.
         self.mode = DELAY
         self.mode_changes = 0
         self._score = 0  # delay mode: towards COMPETE_SCORE
@@ -242,11 +246,16 @@ class TunnelCongestionControl(QuicCongestionControl):
             # The queue stayed without our packets: not ours. Compete from the window we had when
             # it came, finding our share as at start (slow start, until a loss).
             self._set_mode(COMPETING)
+            log.info(
+                "congestion control: competing by loss: the RTT shows a queue that this end's packets "
+                "do not make (other traffic on the path, or the queue this end's ACKs come back through)"
+            )
             self.congestion_window = max(self._window_before_queue, self._probe_window)
             self.ssthresh = None
         elif not others and self.mode == COMPETING:
             # The queue went with our packets: it was ours. Delay control again, from half.
             self._set_mode(DELAY)
+            log.info("congestion control: delay-based again: the queue the RTT shows is this end's own")
             self.congestion_window = self.ssthresh = max(self._probe_window // 2, self._minimum())
         else:
             self.congestion_window = self._probe_window

@@ -6,7 +6,10 @@ queue in front of the peer at that time: ``queue(now, cc)`` returns seconds abov
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+
+import pytest
 
 from rustvpn.quic_congestion import (
     BASE_RTT_WINDOW,
@@ -115,7 +118,8 @@ def test_a_probe_that_finds_the_queue_gone_keeps_delay_control_and_the_window() 
     assert not probing(cc)
 
 
-def test_competing_goes_back_to_delay_control_once_the_other_traffic_is_gone() -> None:
+def test_competing_goes_back_to_delay_control_once_the_other_traffic_is_gone(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "rustvpn.quic")
     cc = controller()
     now = short_of_probe(cc, others_queue)
     now = run(cc, now, PROBE_TIME + 3 * INTERVAL, others_queue, until=lambda cc: not probing(cc))
@@ -130,6 +134,9 @@ def test_competing_goes_back_to_delay_control_once_the_other_traffic_is_gone() -
     run(cc, now, PROBE_TIME + 3 * INTERVAL, gone, until=lambda cc: not probing(cc))
     assert cc.mode == DELAY and cc.mode_changes == 2
     assert cc.congestion_window == cc.ssthresh == window // 2
+    # Each change is logged once, for the journal.
+    said = [r.getMessage() for r in caplog.records if r.name == "rustvpn.quic"]
+    assert [m.split(":")[1].strip() for m in said] == ["competing by loss", "delay-based again"]
 
 
 def test_spikes_and_short_queues_do_not_call_a_probe() -> None:
