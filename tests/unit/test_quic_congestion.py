@@ -10,6 +10,9 @@ import logging
 from collections.abc import Callable
 
 import pytest
+from aioquic.quic.packet import QuicPacketType
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.tls import Epoch
 
 from rustvpn.quic_congestion import (
     BASE_RTT_WINDOW,
@@ -172,3 +175,48 @@ def test_persistent_congestion_during_a_probe_is_not_undone_by_its_end() -> None
     cc.on_persistent_congestion()
     run(cc, now, PROBE_TIME + 3 * INTERVAL, others_queue, until=lambda cc: not probing(cc))
     assert not probing(cc) and cc.congestion_window == MINIMUM
+
+
+def sent(number: int, at: float) -> QuicSentPacket:
+    return QuicSentPacket(
+        epoch=Epoch.ONE_RTT,
+        in_flight=True,
+        is_ack_eliciting=True,
+        is_crypto_packet=False,
+        packet_number=number,
+        packet_type=QuicPacketType.ONE_RTT,
+        sent_time=at,
+        sent_bytes=SIZE,
+    )
+
+
+def lossy_link(cc: TunnelCongestionControl, seconds: float, every: int) -> int:
+    """Packets every 0.1 ms, acknowledged 1 ms later, one in ``every`` lost (none queued: RTT
+    samples at the base); returns how many times the window was cut."""
+    cuts, now, number = 0, 0.0, 0
+    for _ in range(round(seconds / 0.001)):
+        now += 0.001
+        for _ in range(10):
+            number += 1
+            packet = sent(number, now - 0.001)
+            cc.on_packet_sent(packet=packet)
+            if number % every:
+                cc.on_packet_acked(now=now, packet=packet)
+            else:
+                window = cc.congestion_window
+                cc.on_packets_lost(now=now, packets=[packet])
+                cuts += cc.congestion_window < window
+        cc.on_rtt_measurement(now=now, rtt=BASE)
+    return cuts
+
+
+def test_delay_control_lets_sparse_losses_without_a_queue_pass() -> None:
+    cc = controller()
+    assert lossy_link(cc, 2.0, every=100) == 0  # 1%: the link's, not congestion
+    assert cc.lost_packets == 200
+    assert lossy_link(controller(), 2.0, every=20) > 20  # 5%: cut, once per round of losses
+    # Competing by loss, every round of losses counts, as for the flows it competes with.
+    competing = controller()
+    competing.mode = COMPETING
+    competing._next_probe = 1e9
+    assert lossy_link(competing, 2.0, every=100) > 20
