@@ -357,7 +357,7 @@ class Harness:
                               self.logs / f"{v.key}-shared-bare-iperf3-server.log")  # fmt: skip
         self.wait_listening(bare_port, "tcp", bare_srv, "iperf3 server (shared bottleneck)")
         shaped = [(CLIENT_NS, VETH_C), (SERVER_NS, VETH_S)]
-        lead, secs = 2, self.timing.tcp_s
+        lead, secs = 2, 2 * self.timing.tcp_s  # (a newcomer takes seconds to find its share)
         try:
             for ns, dev in shaped:
                 must(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
@@ -909,8 +909,9 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         "(of those sent) and the median RTT show how much a flood leaves for other traffic.",
         f"- Sharing: both veth ends get a token bucket of {SHARED_RATE_MBIT} Mbit/s with {SHARED_QUEUE} of queue; "
         "an iperf3 TCP flow from veth to veth (outside the tunnel) starts 2 s before a single-stream forward run "
-        "through the tunnel and outlasts it. Rates are each flow's receiver's over the tunnel run's seconds. "
-        "A tunnel whose congestion control yields to a queue it did not make starves here.",
+        "through the tunnel (twice the other runs' length) and outlasts it. Rates are each flow's receiver's "
+        "over the tunnel run's seconds. A tunnel whose congestion control yields to a queue it did not make "
+        "starves here.",
         "- Start to first ping: from starting the tunnel client (server already listening) to the first ping "
         "reply through the tunnel.",
         "- CPU per idle ping: each endpoint's time on a CPU (/proc/PID/task/*/schedstat, kernel work in its "
