@@ -15,6 +15,9 @@ from typing import Any, Protocol
 
 from aioquic.quic import events
 from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.packet import QuicPacketType
+from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.tls import Epoch
 
 from rustvpn.pki import new_authority, write_demo_set
 from rustvpn.pump import PacketChannel
@@ -251,3 +254,17 @@ def client_machine_and_raw_server(
     wire = Wire(client, raw)
     client.connect(SERVER_ADDR, wire.now)
     return wire, client, raw, rec
+
+
+def sent_packet(number: int, at: float, size: int = 1200) -> QuicSentPacket:
+    """A 1-RTT, ack-eliciting packet in flight, as the congestion controller is told of it."""
+    return QuicSentPacket(
+        epoch=Epoch.ONE_RTT,
+        in_flight=True,
+        is_ack_eliciting=True,
+        is_crypto_packet=False,
+        packet_number=number,
+        packet_type=QuicPacketType.ONE_RTT,
+        sent_time=at,
+        sent_bytes=size,
+    )

@@ -10,9 +10,7 @@ import logging
 from collections.abc import Callable
 
 import pytest
-from aioquic.quic.packet import QuicPacketType
-from aioquic.quic.packet_builder import QuicSentPacket
-from aioquic.tls import Epoch
+from quic_helpers import sent_packet
 
 from rustvpn.quic_congestion import (
     BASE_RTT_WINDOW,
@@ -177,19 +175,6 @@ def test_persistent_congestion_during_a_probe_is_not_undone_by_its_end() -> None
     assert not probing(cc) and cc.congestion_window == MINIMUM
 
 
-def sent(number: int, at: float) -> QuicSentPacket:
-    return QuicSentPacket(
-        epoch=Epoch.ONE_RTT,
-        in_flight=True,
-        is_ack_eliciting=True,
-        is_crypto_packet=False,
-        packet_number=number,
-        packet_type=QuicPacketType.ONE_RTT,
-        sent_time=at,
-        sent_bytes=SIZE,
-    )
-
-
 def lossy_link(cc: TunnelCongestionControl, seconds: float, every: int) -> int:
     """Packets every 0.1 ms, acknowledged 1 ms later, one in ``every`` lost (none queued: RTT
     samples at the base); returns how many times the window was cut."""
@@ -198,7 +183,7 @@ def lossy_link(cc: TunnelCongestionControl, seconds: float, every: int) -> int:
         now += 0.001
         for _ in range(10):
             number += 1
-            packet = sent(number, now - 0.001)
+            packet = sent_packet(number, now - 0.001, SIZE)
             cc.on_packet_sent(packet=packet)
             if number % every:
                 cc.on_packet_acked(now=now, packet=packet)

@@ -19,10 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aioquic.quic.packet import QuicPacketType
-from aioquic.quic.packet_builder import QuicSentPacket
 from aioquic.quic.recovery import QuicPacketPacer
-from aioquic.tls import Epoch
 from quic_helpers import (
     DATAGRAMS,
     RawPeer,
@@ -30,6 +27,7 @@ from quic_helpers import (
     client_machine_and_raw_server,
     machine_pair,
     raw_client_and_server_machine,
+    sent_packet,
     tunnel_config,
     write_pki,
 )
@@ -655,19 +653,6 @@ def test_loopback_session_uses_datagram_frames(pki: dict[str, Path], host: str) 
 
 # ---------------------------------------------------------------------------------------------
 # Congestion control
-
-
-def sent_packet(number: int, at: float, size: int = 1200) -> QuicSentPacket:
-    return QuicSentPacket(
-        epoch=Epoch.ONE_RTT,
-        in_flight=True,
-        is_ack_eliciting=True,
-        is_crypto_packet=False,
-        packet_number=number,
-        packet_type=QuicPacketType.ONE_RTT,
-        sent_time=at,
-        sent_bytes=size,
-    )
 
 
 def test_congestion_control_backs_off_on_a_standing_queue_not_on_spikes() -> None:
