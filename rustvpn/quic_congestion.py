@@ -127,6 +127,7 @@ class TunnelCongestionControl(QuicCongestionControl):
         self._max_datagram_size = max_datagram_size
         self._recovery_start = -math.inf  # when the window was last reduced
         self._stash = 0
+        self._used_at = 0.0  # when a packet last left with at least half the window in flight
         self._base_rtt = math.inf  # the lowest RTT sample of this window and the last one
         self._window_min = math.inf  # this window's
         self._window_start = 0.0
@@ -159,12 +160,20 @@ class TunnelCongestionControl(QuicCongestionControl):
 
     def on_packet_sent(self, *, packet: QuicSentPacket) -> None:
         self.bytes_in_flight += packet.sent_bytes
+        if 2 * self.bytes_in_flight >= self.congestion_window:
+            self._used_at = packet.sent_time or 0.0
 
     def on_packet_acked(self, *, now: float, packet: QuicSentPacket) -> None:
         self.bytes_in_flight -= packet.sent_bytes
         self._acked += 1
-        if (packet.sent_time or 0.0) <= self._recovery_start:
+        sent = packet.sent_time or 0.0
+        if sent <= self._recovery_start:
             return  # sent before the last reduction: its ACK says nothing about the new window
+        if self._used_at < sent:
+            # The window has not been half used since this packet left: the inner flows send less
+            # than it allows, and its ACK says nothing about a larger one (RFC 9002, 7.8). Grown
+            # regardless, it reached 48 MB in 4 s of competing, and meant no limit at all.
+            return
         if self.ssthresh is None or self.congestion_window < self.ssthresh:
             self.congestion_window += packet.sent_bytes  # slow start
             return
@@ -245,6 +254,14 @@ class TunnelCongestionControl(QuicCongestionControl):
             self._score -= 1
 
     def _start_probe(self, now: float, rtt: float) -> None:
+        log.debug(
+            "congestion control: drain probe (%s, score %d, window %d, rtt %.2f ms, base %.2f ms)",
+            self.mode,
+            self._score,
+            self.congestion_window,
+            rtt * 1000,
+            self._base_rtt * 1000,
+        )
         self._probe_window = self.congestion_window
         self.congestion_window = self._minimum()
         self._probe_until = now + max(PROBE_TIME, 3 * rtt)
@@ -260,6 +277,12 @@ class TunnelCongestionControl(QuicCongestionControl):
         # A queue of our own is gone after the first RTT of the probe; one that others hold was
         # there in 40-100% of the intervals after it (lab, next to a TCP flow).
         others = 3 * self._probe_queued >= self._probe_intervals > 0
+        log.debug(
+            "congestion control: probe found a queue in %d of %d intervals: %s",
+            self._probe_queued,
+            self._probe_intervals,
+            "others'" if others else "own",
+        )
         if others and self.mode == DELAY:
             # The queue stayed without our packets: not ours. Compete from the window we had when
             # it came, finding our share as at start (slow start, until a loss).

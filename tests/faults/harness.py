@@ -196,13 +196,14 @@ class Tunnel:
         return server_args(self.mode, "--status-socket", str(self.server_socket))
 
 
-def start_tunnel(hosts: NetnsPair, mode: str) -> Tunnel:
-    """Server and client with test_tunnel's command lines plus status sockets, up and connected."""
+def start_tunnel(hosts: NetnsPair, mode: str, *client_extra: str) -> Tunnel:
+    """Server and client with test_tunnel's command lines plus status sockets (and ``client_extra``
+    on the client's), up and connected."""
     server_socket = hosts.workdir / "server" / "status.sock"
     client_socket = hosts.workdir / "client" / "status.sock"
     srv = hosts.spawn(hosts.server, server_args(mode, "--status-socket", str(server_socket)), "server")
     srv.wait_for(LISTENING[mode])
-    cli = hosts.spawn(hosts.client, client_args(mode, "--status-socket", str(client_socket)), "client")
+    cli = hosts.spawn(hosts.client, client_args(mode, "--status-socket", str(client_socket), *client_extra), "client")
     cli.wait_for(SESSION_UP, timeout=30)
     srv.wait_for(SESSION_UP, timeout=30)
     tunnel = Tunnel(hosts, mode, srv, cli, server_socket, client_socket)

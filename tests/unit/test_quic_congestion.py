@@ -205,3 +205,29 @@ def test_delay_control_lets_sparse_losses_without_a_queue_pass() -> None:
     competing.mode = COMPETING
     competing._next_probe = 1e9
     assert lossy_link(competing, 2.0, every=100) > 20
+
+
+def test_the_window_grows_only_while_it_is_in_use() -> None:
+    """Inner flows sending less than the window allows tell nothing about a larger one: in slow
+    start as in congestion avoidance, ACKs grow the window only if at least half of it was in
+    flight since the packet left."""
+    for ssthresh in (None, 100 * SIZE):
+        cc = TunnelCongestionControl(max_datagram_size=SIZE)
+        cc.congestion_window, cc.ssthresh = 100 * SIZE, ssthresh
+        # A trickle: 10 packets in flight at a time against a window of 100, for a while.
+        number, now = 0, 1.0
+        for _ in range(50):
+            batch = [sent_packet(number + k, now) for k in range(10)]
+            number, now = number + 10, now + 0.001
+            for packet in batch:
+                cc.on_packet_sent(packet=packet)
+            for packet in batch:
+                cc.on_packet_acked(now=now, packet=packet)
+        assert cc.congestion_window == 100 * SIZE, ssthresh
+        # The window filled: the same ACKs grow it (by one per packet in slow start).
+        batch = [sent_packet(number + k, now) for k in range(100)]
+        for packet in batch:
+            cc.on_packet_sent(packet=packet)
+        for packet in batch:
+            cc.on_packet_acked(now=now + 0.001, packet=packet)
+        assert cc.congestion_window == (200 if ssthresh is None else 101) * SIZE, ssthresh
