@@ -52,9 +52,11 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 UDP_RATES = (100, 300, 1000)  # offered Mbit/s
 # The shared bottleneck: a token bucket on both veth ends, with this much of a queue, which the
-# tunnel's flow shares with a TCP flow outside it (the kernel's default congestion control).
+# tunnel's flow shares with a TCP flow outside it, once with each congestion control: CUBIC, loss-
+# based (Linux's default, most servers'), and BBR, which paces at the rate it measures.
 SHARED_RATE_MBIT = 200
 SHARED_QUEUE = "50ms"
+SHARED_AGAINST = ("cubic", "bbr")
 UDP_LEN = 1200  # UDP payload: 1228-byte IP packets fit every tunnel's MTU (1400 for rustvpn QUIC) unfragmented
 LOAD_PING_INTERVAL = 0.01  # s between pings under load (below 0.2 s needs root)
 # Under load the pings come from probe.py, which sleeps between requests; iputils ping at 10 ms spins
@@ -161,9 +163,10 @@ class Result:
     # Pings every 10 ms alongside the highest UDP rate (a flood): what share is answered, how fast
     flood_pings_answered_pct: float | None = None
     flood_rtt_p50_ms: float | None = None
-    # Through a SHARED_RATE_MBIT bottleneck beside a TCP flow outside the tunnel: each one's rate
-    shared_tunnel_mbit: float | None = None
-    shared_bare_mbit: float | None = None
+    # Through a SHARED_RATE_MBIT bottleneck beside a TCP flow outside the tunnel, by that flow's
+    # congestion control (SHARED_AGAINST): each one's rate
+    shared_tunnel_mbit: dict[str, float] = field(default_factory=dict)
+    shared_bare_mbit: dict[str, float] = field(default_factory=dict)
     cpu_s_per_gb: float | None = None
     cpu_s_per_gb_client: float | None = None
     cpu_s_per_gb_server: float | None = None
@@ -347,14 +350,15 @@ class Harness:
             res.flood_rtt_p50_ms = percentile([rtt for _, rtt in replies], 50)
         return udp_rate(rate, data)
 
-    def shared_bottleneck(self, addr: str, port: int, v: Variant, res: Result) -> None:
-        """A single-stream forward run through the tunnel while a TCP flow outside it (veth to veth)
-        runs through the same bottleneck: a token bucket of SHARED_RATE_MBIT on both veth ends. Each
-        flow's rate over the tunnel run's seconds: a fair tunnel gets about half."""
+    def shared_bottleneck(self, addr: str, port: int, v: Variant, res: Result, against: str) -> None:
+        """A single-stream forward run through the tunnel while a TCP flow outside it (veth to veth,
+        congestion control ``against``) runs through the same bottleneck: a token bucket of
+        SHARED_RATE_MBIT on both veth ends. Each flow's rate over the tunnel run's seconds: a fair
+        tunnel gets about half."""
         t0 = time.monotonic()
         bare_port = port + 100
         bare_srv = self.spawn(SERVER_NS, ["iperf3", "-s", "-B", SERVER_ADDR, "-p", str(bare_port)],
-                              self.logs / f"{v.key}-shared-bare-iperf3-server.log")  # fmt: skip
+                              self.logs / f"{v.key}-shared-{against}-iperf3-server.log")  # fmt: skip
         self.wait_listening(bare_port, "tcp", bare_srv, "iperf3 server (shared bottleneck)")
         shaped = [(CLIENT_NS, VETH_C), (SERVER_NS, VETH_S)]
         lead, secs = 2, 2 * self.timing.tcp_s  # (a newcomer takes seconds to find its share)
@@ -362,22 +366,23 @@ class Harness:
             for ns, dev in shaped:
                 must(["ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf",
                       "rate", f"{SHARED_RATE_MBIT}mbit", "burst", "32k", "latency", SHARED_QUEUE])  # fmt: skip
-            bare_log = self.logs / f"{v.key}-shared-bare-iperf3.log"
-            argv = ["iperf3", "-c", SERVER_ADDR, "-p", str(bare_port), "-t", str(secs + 2 * lead), "-J"]
+            bare_log = self.logs / f"{v.key}-shared-{against}-iperf3.log"
+            argv = ["iperf3", "-c", SERVER_ADDR, "-p", str(bare_port), "-t", str(secs + 2 * lead), "-J", "-C", against]
             bare = self.spawn(CLIENT_NS, argv, bare_log, capture=True)
             time.sleep(lead)  # the outside flow has its share when the tunnel's starts
-            res.shared_tunnel_mbit, _ = tcp_rate(self.iperf(addr, port, [], secs, res, "shared"))
+            res.shared_tunnel_mbit[against], _ = tcp_rate(self.iperf(addr, port, [], secs, res, f"shared-{against}"))
             out, _ = bare.communicate(timeout=secs + 2 * lead + 30)
             data = iperf_result(out.decode(errors="replace"), bare.returncode, bare_log.read_text())
             # Its rate over the seconds the tunnel's run had: intervals lead .. lead + secs.
             during = [i["sum"] for i in data["intervals"] if lead - 0.5 <= i["sum"]["start"] < lead + secs - 0.5]
             if during:
-                res.shared_bare_mbit = sum(i["bytes"] for i in during) * 8 / sum(i["seconds"] for i in during) / 1e6
+                bits = sum(i["bytes"] for i in during) * 8
+                res.shared_bare_mbit[against] = bits / sum(i["seconds"] for i in during) / 1e6
         finally:
             for ns, dev in shaped:
                 run(["ip", "netns", "exec", ns, "tc", "qdisc", "del", "dev", dev, "root"])
             bare_srv.terminate()
-        res.steps["shared"] = round(time.monotonic() - t0, 2)
+        res.steps[f"shared-{against}"] = round(time.monotonic() - t0, 2)
 
     def ping_idle(self, addr: str, res: Result) -> None:
         count = self.timing.idle_pings
@@ -527,8 +532,9 @@ class Harness:
                 res.udp.append(udp_rate(rate, self.iperf(addr, iperf_port, extra, t.udp_s, res, f"udp{rate}")))
         check_alive()
         if extras and v.tunnel:
-            self.shared_bottleneck(addr, iperf_port, v, res)
-            check_alive()
+            for against in SHARED_AGAINST:
+                self.shared_bottleneck(addr, iperf_port, v, res, against)
+                check_alive()
         if ends:
             res.rss_mb_client = peak_rss_mb(ends["client"].pid)
             res.rss_mb_server = peak_rss_mb(ends["server"].pid)
@@ -871,15 +877,21 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         "",
         f"## Sharing a {SHARED_RATE_MBIT} Mbit/s bottleneck with a TCP flow outside the tunnel",
         "",
-        "| variant | tunnel Mbit/s | other flow Mbit/s | tunnel's share |",
-        "|---|---:|---:|---:|",
+        "| variant | "
+        + " | ".join(f"beside {cc.upper()}: tunnel / other flow Mbit/s | tunnel's share" for cc in SHARED_AGAINST)
+        + " |",
+        "|---|" + "---:|---:|" * len(SHARED_AGAINST),
     ]
     for r in results:
-        if r.shared_tunnel_mbit is None:
+        if not r.shared_tunnel_mbit:
             continue
-        both = r.shared_tunnel_mbit + (r.shared_bare_mbit or 0.0)
-        share = f"{100 * r.shared_tunnel_mbit / both:.0f}%" if both and r.shared_bare_mbit is not None else "-"
-        lines.append(f"| {r.label} | {fmt(r.shared_tunnel_mbit)} | {fmt(r.shared_bare_mbit)} | {share} |")
+        cells = []
+        for cc in SHARED_AGAINST:
+            tunnel, other = r.shared_tunnel_mbit.get(cc), r.shared_bare_mbit.get(cc)
+            both = (tunnel or 0.0) + (other or 0.0)
+            share = f"{100 * tunnel / both:.0f}%" if tunnel is not None and other is not None and both else "-"
+            cells += [f"{fmt(tunnel)} / {fmt(other)}", share]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets" + (" (short mode: not meaningful)" if short else ""), ""]
     lines += ["| target | measured | result |", "|---|---|---|"]
     lines += [f"| {g.goal} | {g.measured} | {g.verdict} |" for g in goals]
@@ -908,8 +920,9 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         f"{LOAD_PING_INTERVAL * 1000:.0f} ms (probe.py) run alongside the highest rate: the share answered "
         "(of those sent) and the median RTT show how much a flood leaves for other traffic.",
         f"- Sharing: both veth ends get a token bucket of {SHARED_RATE_MBIT} Mbit/s with {SHARED_QUEUE} of queue; "
-        "an iperf3 TCP flow from veth to veth (outside the tunnel) starts 2 s before a single-stream forward run "
-        "through the tunnel (twice the other runs' length) and outlasts it. Rates are each flow's receiver's "
+        "an iperf3 TCP flow from veth to veth (outside the tunnel; CUBIC in one run, BBR in the other) starts "
+        "2 s before a single-stream forward run through the tunnel (twice the other runs' length) and outlasts "
+        "it. Rates are each flow's receiver's "
         "over the tunnel run's seconds. A tunnel whose congestion control yields to a queue it did not make "
         "starves here.",
         "- Start to first ping: from starting the tunnel client (server already listening) to the first ping "
