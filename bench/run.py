@@ -888,8 +888,9 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         cells = []
         for cc in SHARED_AGAINST:
             tunnel, other = r.shared_tunnel_mbit.get(cc), r.shared_bare_mbit.get(cc)
-            both = (tunnel or 0.0) + (other or 0.0)
-            share = f"{100 * tunnel / both:.0f}%" if tunnel is not None and other is not None and both else "-"
+            share = "-"
+            if tunnel is not None and other is not None and tunnel + other:
+                share = f"{100 * tunnel / (tunnel + other):.0f}%"
             cells += [f"{fmt(tunnel)} / {fmt(other)}", share]
         lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     lines += ["", "## Targets" + (" (short mode: not meaningful)" if short else ""), ""]
@@ -922,9 +923,8 @@ def markdown(mach: dict[str, str], results: list[Result], timing: Timing, goals:
         f"- Sharing: both veth ends get a token bucket of {SHARED_RATE_MBIT} Mbit/s with {SHARED_QUEUE} of queue; "
         "an iperf3 TCP flow from veth to veth (outside the tunnel; CUBIC in one run, BBR in the other) starts "
         "2 s before a single-stream forward run through the tunnel (twice the other runs' length) and outlasts "
-        "it. Rates are each flow's receiver's "
-        "over the tunnel run's seconds. A tunnel whose congestion control yields to a queue it did not make "
-        "starves here.",
+        "it. Rates are each flow's receiver's over the tunnel run's seconds. A tunnel whose congestion control "
+        "yields to a queue it did not make starves here.",
         "- Start to first ping: from starting the tunnel client (server already listening) to the first ping "
         "reply through the tunnel.",
         "- CPU per idle ping: each endpoint's time on a CPU (/proc/PID/task/*/schedstat, kernel work in its "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aioquic.quic import events
+from aioquic.quic.congestion.base import QuicCongestionControl
 from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.packet import QuicPacketType
 from aioquic.quic.packet_builder import QuicSentPacket
@@ -268,3 +269,11 @@ def sent_packet(number: int, at: float, size: int = 1200) -> QuicSentPacket:
         sent_time=at,
         sent_bytes=size,
     )
+
+
+def send_then_ack(cc: QuicCongestionControl, packets: list[QuicSentPacket], acked_at: float) -> None:
+    """Tell ``cc`` of ``packets`` sent (all in flight together), then of each acknowledged."""
+    for packet in packets:
+        cc.on_packet_sent(packet=packet)
+    for packet in packets:
+        cc.on_packet_acked(now=acked_at, packet=packet)

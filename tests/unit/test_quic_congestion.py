@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 
 import pytest
-from quic_helpers import sent_packet
+from quic_helpers import send_then_ack, sent_packet
 
 from rustvpn.quic_congestion import (
     BASE_RTT_WINDOW,
@@ -219,15 +219,8 @@ def test_the_window_grows_only_while_it_is_in_use() -> None:
         for _ in range(50):
             batch = [sent_packet(number + k, now) for k in range(10)]
             number, now = number + 10, now + 0.001
-            for packet in batch:
-                cc.on_packet_sent(packet=packet)
-            for packet in batch:
-                cc.on_packet_acked(now=now, packet=packet)
+            send_then_ack(cc, batch, now)
         assert cc.congestion_window == 100 * SIZE, ssthresh
         # The window filled: the same ACKs grow it (by one per packet in slow start).
-        batch = [sent_packet(number + k, now) for k in range(100)]
-        for packet in batch:
-            cc.on_packet_sent(packet=packet)
-        for packet in batch:
-            cc.on_packet_acked(now=now + 0.001, packet=packet)
+        send_then_ack(cc, [sent_packet(number + k, now) for k in range(100)], now + 0.001)
         assert cc.congestion_window == (200 if ssthresh is None else 101) * SIZE, ssthresh

@@ -27,6 +27,7 @@ from quic_helpers import (
     client_machine_and_raw_server,
     machine_pair,
     raw_client_and_server_machine,
+    send_then_ack,
     sent_packet,
     tunnel_config,
     write_pki,
@@ -708,11 +709,8 @@ def test_congestion_control_reduces_once_per_round_of_losses() -> None:
     cc.on_packet_acked(now=0.03, packet=packets[5])
     assert cc.congestion_window == int(100 * 1200 * LOSS_REDUCTION)
     window = cc.congestion_window
-    more = [sent_packet(n, 0.05) for n in range(100, 100 + int(1 / GROWTH_SHARE))]
-    for packet in more:  # (in flight together: the window is in use)
-        cc.on_packet_sent(packet=packet)
-    for packet in more:
-        cc.on_packet_acked(now=0.06, packet=packet)
+    # (in flight together: the window is in use)
+    send_then_ack(cc, [sent_packet(n, 0.05) for n in range(100, 100 + int(1 / GROWTH_SHARE))], 0.06)
     assert cc.congestion_window == window + 1200  # one packet more per 64 acknowledged
     cc.on_persistent_congestion()
     assert cc.congestion_window == 2 * 1200
