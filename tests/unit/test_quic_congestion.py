@@ -6,10 +6,13 @@ queue in front of the peer at that time: ``queue(now, cc)`` returns seconds abov
 
 from __future__ import annotations
 
+import collections
 import logging
+import math
 from collections.abc import Callable
 
 import pytest
+from aioquic.quic.packet_builder import QuicSentPacket
 from quic_helpers import send_then_ack, sent_packet
 
 from rustvpn.quic_congestion import (
@@ -102,8 +105,9 @@ def test_a_queue_of_our_own_never_makes_it_compete() -> None:
 
 
 def test_a_probe_that_finds_the_queue_gone_keeps_delay_control_and_the_window() -> None:
-    """A slow link, where each interval's growth holds the queue above the target and the score
-    climbs: the probe drains the queue, so it was ours; the window comes back as it was."""
+    """A queue that stands whatever the cuts and goes with our packets (the window here grows
+    by more than any cut takes back): the score climbs, the probe drains the queue, so it was
+    ours; the window comes back as it was."""
     cc = controller()
 
     def queue(now: float, cc: TunnelCongestionControl) -> float:
@@ -224,3 +228,49 @@ def test_the_window_grows_only_while_it_is_in_use() -> None:
         # The window filled: the same ACKs grow it (by one per packet in slow start).
         send_then_ack(cc, [sent_packet(number + k, now) for k in range(100)], now + 0.001)
         assert cc.congestion_window == (200 if ssthresh is None else 101) * SIZE, ssthresh
+
+
+def slow_link(cc: TunnelCongestionControl, seconds: float, per_ms: int) -> tuple[float, float]:
+    """The window filled at every step, through a link that carries ``per_ms`` packets a
+    millisecond (a packet's ACK comes when the link has carried it, at least BASE after it
+    left); returns the share of intervals whose lowest RTT sample was above the target and the
+    share of the link used."""
+    flight: collections.deque[QuicSentPacket] = collections.deque()
+    now, number, carried, intervals, queued, lowest = 1.0, 0, 0, 0, 0, math.inf
+    for step in range(round(seconds / 0.001)):
+        now += 0.001
+        while cc.bytes_in_flight + SIZE <= cc.congestion_window:
+            packet = sent_packet(number, now, SIZE)
+            number += 1
+            cc.on_packet_sent(packet=packet)
+            flight.append(packet)
+        served = 0
+        while flight and served < per_ms and (flight[0].sent_time or 0.0) <= now - BASE + 1e-9:
+            packet = flight.popleft()
+            served += 1
+            cc.on_packet_acked(now=now, packet=packet)
+            rtt = now - (packet.sent_time or 0.0)
+        if served:
+            cc.on_rtt_measurement(now=now, rtt=rtt)
+            lowest = min(lowest, rtt)
+        carried += served
+        if step % round(INTERVAL / 0.001) == 0:
+            intervals += 1
+            queued += lowest - BASE > QUEUE_TARGET
+            lowest = math.inf
+    return queued / intervals, carried / (per_ms * round(seconds / 0.001))
+
+
+def test_alone_at_a_slow_link_the_window_settles_below_the_queue_target() -> None:
+    """At 2 packets a millisecond (about 20 Mbit/s), the target's queue is 8 packets and an
+    interval spans several RTTs. Growing by a packet per RTT, as far from the target as near it,
+    held the queue above the target in most intervals, and the score called a drain probe every
+    PROBE_PERIOD with the tunnel alone. Growth that slows near the target keeps the queue below
+    it, and the link full."""
+    cc = controller(4)
+    cc.ssthresh = cc.congestion_window  # (congestion avoidance from the start)
+    queued, used = slow_link(cc, 10.0, per_ms=2)
+    assert cc.mode == DELAY and cc.mode_changes == 0
+    assert cc._next_probe == 0.0, "a drain probe was called with the tunnel alone"
+    assert queued < 0.4
+    assert used > 0.95
