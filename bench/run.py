@@ -351,10 +351,11 @@ class Harness:
         return udp_rate(rate, data)
 
     def shared_bottleneck(self, addr: str, port: int, v: Variant, res: Result, against: str) -> None:
-        """A single-stream forward run through the tunnel while a TCP flow outside it (veth to veth,
-        congestion control ``against``) runs through the same bottleneck: a token bucket of
-        SHARED_RATE_MBIT on both veth ends. Each flow's rate over the tunnel run's seconds: a fair
-        tunnel gets about half."""
+        """A single-stream forward run through the tunnel while a TCP flow outside it (veth to veth)
+        runs through the same bottleneck: a token bucket of SHARED_RATE_MBIT on both veth ends. Both
+        flows use congestion control ``against``, so that the share is the tunnel's doing, not the
+        namespace default's (BBR inside against CUBIC outside, on these machines). Each flow's rate
+        over the tunnel run's seconds: a fair tunnel gets about half."""
         t0 = time.monotonic()
         bare_port = port + 100
         bare_srv = self.spawn(SERVER_NS, ["iperf3", "-s", "-B", SERVER_ADDR, "-p", str(bare_port)],
@@ -370,7 +371,8 @@ class Harness:
             argv = ["iperf3", "-c", SERVER_ADDR, "-p", str(bare_port), "-t", str(secs + 2 * lead), "-J", "-C", against]
             bare = self.spawn(CLIENT_NS, argv, bare_log, capture=True)
             time.sleep(lead)  # the outside flow has its share when the tunnel's starts
-            res.shared_tunnel_mbit[against], _ = tcp_rate(self.iperf(addr, port, [], secs, res, f"shared-{against}"))
+            inner = self.iperf(addr, port, ["-C", against], secs, res, f"shared-{against}")
+            res.shared_tunnel_mbit[against], _ = tcp_rate(inner)
             out, _ = bare.communicate(timeout=secs + 2 * lead + 30)
             data = iperf_result(out.decode(errors="replace"), bare.returncode, bare_log.read_text())
             # Its rate over the seconds the tunnel's run had: intervals lead .. lead + secs.
