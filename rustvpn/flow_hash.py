@@ -98,18 +98,34 @@ def echo_id(packet: bytes | bytearray | memoryview, start: int = 0) -> int:
     return -1
 
 
-def is_echo_request(packet: bytes | bytearray | memoryview) -> bool:
-    """Whether a packet is an ICMP or ICMPv6 echo request (IPv6 without extension headers), which
-    the receiving kernel answers at once, inside the write that delivers it."""
+def _echo_kind(packet: bytes | bytearray | memoryview) -> int:
+    """8 for an ICMP or ICMPv6 echo request, 0 for an echo reply (ICMP's type numbers), -1 for any
+    other packet (IPv4: the first fragment counts; IPv6 only without extension headers)."""
     size = len(packet)
     if size < 28:
-        return False
+        return -1
     first = packet[0]
     if first >> 4 == 4:
         header = (first & 0x0F) * 4
-        first_fragment = not (packet[6] << 8 | packet[7]) & 0x1FFF
-        return packet[9] == 1 and 20 <= header <= size - 8 and first_fragment and packet[header] == 8
-    return first >> 4 == 6 and size >= 48 and packet[6] == 58 and packet[40] == 128
+        if packet[9] != 1 or not 20 <= header <= size - 8 or (packet[6] << 8 | packet[7]) & 0x1FFF:
+            return -1
+        kind = packet[header]
+        return kind if kind in (0, 8) else -1
+    if first >> 4 == 6 and size >= 48 and packet[6] == 58:
+        kind = packet[40]
+        return 8 if kind == 128 else 0 if kind == 129 else -1
+    return -1
+
+
+def is_echo_request(packet: bytes | bytearray | memoryview) -> bool:
+    """Whether a packet is a ping's request, which the receiving kernel answers at once, inside
+    the write that delivers it."""
+    return _echo_kind(packet) == 8
+
+
+def is_echo_reply(packet: bytes | bytearray | memoryview) -> bool:
+    """Whether a packet is a ping's reply, which nothing answers."""
+    return _echo_kind(packet) == 0
 
 
 class StreamSelector:

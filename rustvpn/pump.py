@@ -36,7 +36,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
-from rustvpn.flow_hash import StreamSelector, echo_id, is_echo_request
+from rustvpn.flow_hash import StreamSelector, echo_id, is_echo_reply, is_echo_request
 from rustvpn.gro import coalesce, is_udp_merge
 from rustvpn.offload import MAX_OFFLOAD_FRAME, VNET_HDR_LEN, ZERO_HDR, OffloadError, is_plain, plain_packets
 from rustvpn.stats import Counters
@@ -411,7 +411,8 @@ class PacketPump:
         totals.packets_in += written
         totals.bytes_in += size
         totals.dropped += dropped
-        if self._eager and written:
+        if self._eager and written and (fd == self.tun.fd or not all(map(is_echo_reply, packets))):
+            # (A ping's reply, on the side queue, draws no answer: no read that would fail.)
             self._read_answer(fd)
 
     def _udp_merge_refused(self, packets: list[bytes], exc: OSError) -> tuple[int, int]:
@@ -531,6 +532,13 @@ class PacketPump:
     def _read_side(self) -> None:
         """Read the side queue to its end and send what it held. Its reads tell nothing of the
         bulk (``_busy``): they are not a stream's."""
+        now = time.monotonic()
+        if now - self._last_read > BUSY_GAP:
+            # A quiet tunnel: most likely one ping, so one read, not a second one that fails. If
+            # more wait, the queue stays readable and the next turn of the loop reads them.
+            self._last_read = now
+            self._read_one(self.tun.side_fd)
+            return
         reads: list[bytes] = []
         self._drain(self.tun.side_fd, reads)
         self._last_read = time.monotonic()

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import pytest
 
 from rustvpn import pump as pump_module
-from rustvpn.flow_hash import StreamSelector, echo_id, flow_ports, is_echo_request
+from rustvpn.flow_hash import StreamSelector, echo_id, flow_ports, is_echo_reply, is_echo_request
 from rustvpn.offload import VNET_HDR_LEN, plain_packets
 from rustvpn.pump import HOLD_PACKETS, NO_DROPS, Drops, HeldPackets, PacketChannel, PacketPump
 from rustvpn.stats import Counters
@@ -578,6 +578,55 @@ def test_the_eager_pump_writes_a_ping_to_the_side_queue_and_reads_its_reply_from
         run_on(tun, main_kernel, scenario)
 
 
+def test_on_a_quiet_tunnel_the_side_queue_is_read_a_packet_a_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A wake-up of the side queue after a quiet spell is most likely for one ping: one read, not
+    a second one that fails. A second ping waiting keeps the queue readable and goes a turn later;
+    in a stream of reads the queue is read to its end."""
+    channel = Recorder()
+    pings = [ping4(1), ping4(2), ping4(3)]
+    sends: list[int] = []  # how many packets each send carried
+    channel.on_send = lambda: sends.append(len(channel.sent) - sum(sends))
+
+    with side_queue_device() as (tun, main_kernel, side_kernel):
+
+        async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+            pump.attach([channel], MTU)
+            enqueue(side_kernel, *pings[:2])
+            await until(lambda: len(channel.sent) == 2)
+            monkeypatch.setattr(pump_module, "BUSY_GAP", float("inf"))  # from now on, never quiet
+            enqueue(side_kernel, pings[2], ping4(4))
+            await until(lambda: len(channel.sent) == 4)
+
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        run_on(tun, main_kernel, scenario)
+    assert channel.sent == [*pings, ping4(4)]
+    assert sends == [1, 1, 2]
+
+
+def test_the_reply_to_a_ping_written_to_the_side_queue_draws_no_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing answers a ping's reply, so the eager pump does not read the side queue after
+    writing one (a read that would fail, on the way of every idle ping); a request is still
+    answered inside its write."""
+    channels = [Recorder()]
+    waiting = ping4(7)  # something the local stack put on the side queue meanwhile
+
+    with side_queue_device() as (tun, main_kernel, side_kernel):
+
+        async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+            pump.attach(channels, MTU, eager=True)
+            enqueue(side_kernel, waiting)
+            pump.deliver(channels[0], [ping4(3, kind=0)])
+            assert channels[0].sent == []  # not read inside the delivery of the reply
+            assert drain(side_kernel) == [bytes(VNET_HDR_LEN) + ping4(3, kind=0)]
+            await until(lambda: channels[0].sent == [waiting])  # but on the loop's next turn
+            enqueue(side_kernel, ping4(3, kind=0))
+            pump.deliver(channels[0], [ping4(3)])
+            assert channels[0].sent == [waiting, ping4(3, kind=0)]  # a request's reply: at once
+
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        run_on(tun, main_kernel, scenario)
+
+
 def test_a_read_of_the_main_queue_takes_the_side_queue_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both queues readable, the main one first: the ping waiting on the side queue is handed to
     its channel before the bulk read in the same turn."""
@@ -792,11 +841,11 @@ def test_echo_id_finds_pings_only(start: int) -> None:
         echo_id(pad + bytes([rng.choice((0x45, 0x46, 0x4F, 0x60))]) + rng.randbytes(rng.randrange(60)), start)
 
 
-def test_is_echo_request_finds_ping_requests_only() -> None:
-    assert is_echo_request(ping4(1))
-    assert not is_echo_request(ping4(1, kind=0))  # a reply
-    assert not is_echo_request(ping4(1, kind=3))
-    assert not is_echo_request(udp4(1, 2, bytes(20)))
+def test_echo_requests_and_replies_are_told_apart_from_everything_else() -> None:
+    assert is_echo_request(ping4(1)) and not is_echo_reply(ping4(1))
+    assert is_echo_reply(ping4(1, kind=0)) and not is_echo_request(ping4(1, kind=0))
+    assert not is_echo_request(ping4(1, kind=3)) and not is_echo_reply(ping4(1, kind=3))
+    assert not is_echo_request(udp4(1, 2, bytes(20))) and not is_echo_reply(udp4(1, 2, bytes(20)))
     later_fragment = bytearray(ping4(1))
     later_fragment[7] = 0x10  # offset 16 bytes: what follows the header is not an ICMP header
     assert not is_echo_request(bytes(later_fragment))
@@ -804,11 +853,15 @@ def test_is_echo_request_finds_ping_requests_only() -> None:
     first_fragment[6] = 0x20  # more fragments, offset 0: the request's head
     assert is_echo_request(bytes(first_fragment))
     icmp6 = struct.pack("!IHBB", 6 << 28, 8, 58, 64) + bytes(32) + struct.pack("!BBHHH", 128, 0, 0, 99, 1)
-    assert is_echo_request(icmp6)
-    assert not is_echo_request(icmp6[:40] + bytes([129]) + icmp6[41:])  # an ICMPv6 reply
+    assert is_echo_request(icmp6) and not is_echo_reply(icmp6)
+    reply6 = icmp6[:40] + bytes([129]) + icmp6[41:]
+    assert is_echo_reply(reply6) and not is_echo_request(reply6)
+    assert not is_echo_reply(icmp6[:40] + bytes([0]) + icmp6[41:])  # ICMP's reply type is not ICMPv6's
     rng = random.Random(5)
     for _ in range(2000):  # garbage never raises
-        is_echo_request(bytes([rng.choice((0x45, 0x46, 0x4F, 0x60))]) + rng.randbytes(rng.randrange(60)))
+        packet = bytes([rng.choice((0x45, 0x46, 0x4F, 0x60))]) + rng.randbytes(rng.randrange(60))
+        is_echo_request(packet)
+        is_echo_reply(packet)
 
 
 @pytest.mark.parametrize("start", [0, 10])
