@@ -341,7 +341,8 @@ class PacketPump:
                 else:
                     self._read_batch()  # (to EAGAIN: the answers of the rest of `other` too)
                 return
-            self._answer_due = True
+            if ping or not all(map(is_echo_reply, other)):
+                self._answer_due = True  # (nothing answers a ping's reply: no read that would fail)
             self._ping_due |= ping
             return
         side = self.tun.side_fd

@@ -627,6 +627,32 @@ def test_the_reply_to_a_ping_written_to_the_side_queue_draws_no_read(monkeypatch
         run_on(tun, main_kernel, scenario)
 
 
+def test_a_batch_that_brought_only_a_pings_reply_ends_without_reading_the_device(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """QUIC mode (a batch of datagrams): a ping's reply draws no answer, so the end of the batch
+    does not read the device for one (a read that would fail, on the way of every idle ping);
+    other packets of no flow still do."""
+    channels = [Recorder()]
+    waiting = udp4(4000, 53)  # something the local stack sent meanwhile
+
+    with side_queue_device() as (tun, main_kernel, side_kernel):
+
+        async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
+            pump.attach(channels, MTU)
+            enqueue(main_kernel, waiting)  # (no await below: the loop's own reads do not come)
+            with pump.batch():
+                pump.deliver(channels[0], [ping4(3, kind=0)])
+            assert channels[0].sent == []
+            assert drain(side_kernel) == [bytes(VNET_HDR_LEN) + ping4(3, kind=0)]  # written, on its queue
+            with pump.batch():
+                pump.deliver(channels[0], [ping4(3, kind=3)])  # an ICMP error: may be answered
+            assert channels[0].sent == [waiting]
+
+        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
+        run_on(tun, main_kernel, scenario)
+
+
 def test_a_read_of_the_main_queue_takes_the_side_queue_first(monkeypatch: pytest.MonkeyPatch) -> None:
     """Both queues readable, the main one first: the ping waiting on the side queue is handed to
     its channel before the bulk read in the same turn."""
