@@ -461,6 +461,11 @@ class Harness:
         common = [openvpn, "--dev-type", "tun", "--dev", TUN_DEV, "--ca", "ca.pem", "--dh", "none"]
         common += ["--cipher", "AES-256-GCM", "--data-ciphers", "AES-256-GCM", "--tls-version-min", "1.2"]
         common += ["--disable-dco", "--verb", "3", "--port", str(v.port)]
+        # Tuned as its manual advises for speed, as rustvpn is by its defaults: in UDP mode, writes
+        # without a poll() before each (about 40% more throughput here); in TCP mode, no Nagle
+        # (rustvpn sets TCP_NODELAY, as the Rust reference does; without it OpenVPN carried a
+        # quarter less, and an idle ping now and then settled at 24 ms).
+        common += ["--fast-io"] if udp else ["--socket-flags", "TCP_NODELAY"]
         a, b = f"198.19.{v.slot}.1", f"198.19.{v.slot}.2"
         server = [*common, "--tls-server", "--cert", "server.pem", "--key", "server.key", "--ifconfig", a, b]
         server += ["--local", SERVER_ADDR, "--proto", "udp" if udp else "tcp-server"]
