@@ -531,8 +531,8 @@ class PacketPump:
         self._send([data])
 
     def _read_side(self) -> None:
-        """Read the side queue to its end and send what it held. Its reads tell nothing of the
-        bulk (``_busy``): they are not a stream's."""
+        """Read the side queue to its end (on a quiet tunnel, one packet) and send what it held.
+        Its reads tell nothing of the bulk (``_busy``): they are not a stream's."""
         now = time.monotonic()
         if now - self._last_read > BUSY_GAP:
             # A quiet tunnel: most likely one ping, so one read, not a second one that fails. If
