@@ -450,7 +450,7 @@ class PacketPump:
         if not self._reading and self._loop is not None and self.tun.fd >= 0:
             self._loop.add_reader(self.tun.fd, self._on_tun_readable)
             if self.tun.side_fd >= 0:
-                self._loop.add_reader(self.tun.side_fd, self._read_side)
+                self._loop.add_reader(self.tun.side_fd, self._on_side_readable)
             self._reading = True
 
     def _remove_reader(self) -> None:
@@ -530,16 +530,19 @@ class PacketPump:
             self._empty = False  # more may be waiting: the next wake-up reads a batch
         self._send([data])
 
-    def _read_side(self) -> None:
-        """Read the side queue to its end (on a quiet tunnel, one packet) and send what it held.
-        Its reads tell nothing of the bulk (``_busy``): they are not a stream's."""
+    def _on_side_readable(self) -> None:
         now = time.monotonic()
         if now - self._last_read > BUSY_GAP:
-            # A quiet tunnel: most likely one ping, so one read, not a second one that fails. If
-            # more wait, the queue stays readable and the next turn of the loop reads them.
+            # A quiet tunnel: this wake-up is most likely for one ping, so one read, not a second
+            # one that fails. If more wait, the queue stays readable and the next turn reads them.
             self._last_read = now
             self._read_one(self.tun.side_fd)
             return
+        self._read_side()
+
+    def _read_side(self) -> None:
+        """Read the side queue to its end and send what it held. Its reads tell nothing of the
+        bulk (``_busy``): they are not a stream's."""
         reads: list[bytes] = []
         self._drain(self.tun.side_fd, reads)
         self._last_read = time.monotonic()
