@@ -30,7 +30,11 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-python=${PYTHON:-python3}
+# Debian's own python3 (the one python3-dev and python3-venv above are for, and the one the Ansible
+# role deploys on), built with PGO and LTO, before whatever `python3` is first on the PATH: a
+# self-built interpreter without them (pyenv's default build) made an idle ping 0.08 ms slower
+# through TCP mode and 0.17 ms through QUIC mode. PYTHON=... chooses another.
+python=${PYTHON:-$([[ -x /usr/bin/python3 ]] && echo /usr/bin/python3 || echo python3)}
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 if ((want_test)); then
