@@ -268,9 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             instance = Path(config.status_socket).parent.name if config.status_socket else ""
         setup_logging(config.log_level, instance=instance, transport=config.transport)
         # Start-up time: only running a tunnel needs asyncio (~50 ms to import), not --help or check.
-        import asyncio
+        from rustvpn import event_loop
 
-        asyncio.run(_run(config, instance))
+        event_loop.run(_run(config, instance))
         return 0
     except RustvpnError as exc:
         print(f"rustvpn: error: {exc}", file=sys.stderr)

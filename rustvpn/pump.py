@@ -36,6 +36,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+from rustvpn.event_loop import add_data_reader
 from rustvpn.flow_hash import StreamSelector, echo_id, is_echo_reply, is_echo_request
 from rustvpn.gro import coalesce, is_udp_merge
 from rustvpn.offload import MAX_OFFLOAD_FRAME, VNET_HDR_LEN, ZERO_HDR, OffloadError, is_plain, plain_packets
@@ -448,9 +449,9 @@ class PacketPump:
 
     def _add_reader(self) -> None:
         if not self._reading and self._loop is not None and self.tun.fd >= 0:
-            self._loop.add_reader(self.tun.fd, self._on_tun_readable)
+            add_data_reader(self._loop, self.tun.fd, self._on_tun_readable)
             if self.tun.side_fd >= 0:
-                self._loop.add_reader(self.tun.side_fd, self._on_side_readable)
+                add_data_reader(self._loop, self.tun.side_fd, self._on_side_readable)
             self._reading = True
 
     def _remove_reader(self) -> None:

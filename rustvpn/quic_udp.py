@@ -30,6 +30,8 @@ from collections.abc import Callable, Sequence
 from aioquic.quic.configuration import SMALLEST_MAX_DATAGRAM_SIZE
 from aioquic.quic.connection import NetworkAddress
 
+from rustvpn.event_loop import add_data_reader
+
 log = logging.getLogger("rustvpn.quic")
 
 __all__ = [
@@ -219,7 +221,7 @@ class UdpEndpoint:
         self._ahead: collections.deque[Datagrams] = collections.deque()
         self._ahead_count = 0
         self._again: asyncio.Handle | None = None  # the turn of the loop booked for what is read ahead
-        self._loop.add_reader(sock.fileno(), self._readable)
+        add_data_reader(self._loop, sock.fileno(), self._readable)
 
     @property
     def address(self) -> NetworkAddress:

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rustvpn.errors import FrameError, SessionLost
+from rustvpn.event_loop import add_data_reader
 from rustvpn.framing import MAX_CONTROL_MESSAGE, FrameDecoder, encode_frame, encode_frames
 from rustvpn.path_stats import PathFigures, tcp_path
 from rustvpn.pump import NO_DROPS, Drops, PacketChannel
@@ -246,7 +247,7 @@ class TlsSocketTransport(asyncio.Transport):
             "cipher": sock.cipher(),
             "compression": sock.compression(),
         }
-        self._loop.add_reader(self._fd, self._on_readable)
+        add_data_reader(self._loop, self._fd, self._on_readable)
         protocol.connection_made(self)
         if sock.pending():  # anything OpenSSL already holds would never make the socket readable
             self._loop.call_soon(self._on_readable)
@@ -304,7 +305,7 @@ class TlsSocketTransport(asyncio.Transport):
 
     def resume_reading(self) -> None:
         if not self._reading and not self._lost:
-            self._loop.add_reader(self._fd, self._on_readable)
+            add_data_reader(self._loop, self._fd, self._on_readable)
             self._reading = True
             # Decrypted bytes held by OpenSSL do not make the socket readable: look now.
             if self._ssl.pending():
