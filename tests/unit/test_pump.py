@@ -603,30 +603,6 @@ def test_on_a_quiet_tunnel_the_side_queue_is_read_a_packet_a_turn(monkeypatch: p
     assert sends == [1, 1, 2]
 
 
-def test_the_reply_to_a_ping_written_to_the_side_queue_draws_no_read(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing answers a ping's reply, so the eager pump does not read the side queue after
-    writing one (a read that would fail, on the way of every idle ping); a request is still
-    answered inside its write."""
-    channels = [Recorder()]
-    waiting = ping4(7)  # something the local stack put on the side queue meanwhile
-
-    with side_queue_device() as (tun, main_kernel, side_kernel):
-
-        async def scenario(pump: PacketPump, kernel: socket.socket) -> None:
-            pump.attach(channels, MTU, eager=True)
-            enqueue(side_kernel, waiting)
-            pump.deliver(channels[0], [ping4(3, kind=0)])
-            assert channels[0].sent == []  # not read inside the delivery of the reply
-            assert drain(side_kernel) == [bytes(VNET_HDR_LEN) + ping4(3, kind=0)]
-            await until(lambda: channels[0].sent == [waiting])  # but on the loop's next turn
-            enqueue(side_kernel, ping4(3, kind=0))
-            pump.deliver(channels[0], [ping4(3)])
-            assert channels[0].sent == [waiting, ping4(3, kind=0)]  # a request's reply: at once
-
-        monkeypatch.setattr(tun, "set_offload", lambda enabled: None)
-        run_on(tun, main_kernel, scenario)
-
-
 def test_a_batch_that_brought_only_a_pings_reply_ends_without_reading_the_device(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
