@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -47,51 +48,45 @@ async def _direct() -> bool:
     return isinstance(loop, DataPathLoop) and loop.direct
 
 
-def test_an_idle_loop_calls_a_data_reader_straight_from_the_poll() -> None:
-    """Not through a Handle queued on the ready queue (Handle._run, Context.run): the caller of
-    the callback is the loop's turn itself."""
-    callers: list[str] = []
+async def one_read(
+    note: Callable[[], None], make_readable: Callable[[asyncio.AbstractEventLoop, socket.socket], None]
+) -> None:
+    """A data reader on a fresh socket pair: make_readable(loop, other end) makes it readable
+    (now or from a callback), and the reader's first call runs note(); then it is removed."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    with pipe() as (watched, other):
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        with pipe() as (watched, other):
-
-            def readable() -> None:
-                drain(watched)
-                callers.append(inspect.stack()[1].function)
-                if not done.done():
-                    done.set_result(None)
-
-            add_data_reader(loop, watched.fileno(), readable)
-            other.send(b"x")
-            await asyncio.wait_for(done, 5)
-            loop.remove_reader(watched.fileno())
-
-    event_loop.run(main())
-    assert callers == ["_run_once"]
-
-
-def test_on_the_standard_loop_a_data_reader_is_an_ordinary_reader() -> None:
-    callers: list[str] = []
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        with pipe() as (watched, other):
-
-            def readable() -> None:
-                drain(watched)
-                callers.append(inspect.stack()[1].function)
+        def readable() -> None:
+            drain(watched)
+            note()
+            if not done.done():
                 done.set_result(None)
 
-            add_data_reader(loop, watched.fileno(), readable)
-            other.send(b"x")
-            await asyncio.wait_for(done, 5)
-            loop.remove_reader(watched.fileno())
+        add_data_reader(loop, watched.fileno(), readable)
+        make_readable(loop, other)
+        await asyncio.wait_for(done, 5)
+        loop.remove_reader(watched.fileno())
 
-    asyncio.run(main())
-    assert callers == ["_run"]  # Handle._run (through Context.run, which is C)
+
+@pytest.mark.parametrize(
+    ("run", "caller"),
+    [
+        (event_loop.run, "_run_once"),  # straight from the loop's turn
+        (asyncio.run, "_run"),  # an ordinary reader: Handle._run (through Context.run, which is C)
+    ],
+    ids=["data-path loop", "standard loop"],
+)
+def test_an_idle_loop_calls_a_data_reader_straight_from_the_poll(
+    run: Callable[[Coroutine[Any, Any, None]], None], caller: str
+) -> None:
+    """On the data-path loop not through a Handle queued on the ready queue (Handle._run,
+    Context.run): the caller of the callback is the loop's turn itself. On asyncio's own loop
+    add_data_reader registers an ordinary reader."""
+    callers: list[str] = []
+    # (stack()[1] is the reader, [2] whatever called it)
+    run(one_read(lambda: callers.append(inspect.stack()[2].function), lambda _loop, other: other.send(b"x")))
+    assert callers == [caller]
 
 
 def test_with_callbacks_ready_a_data_reader_waits_its_turn_behind_them() -> None:
@@ -99,26 +94,13 @@ def test_with_callbacks_ready_a_data_reader_waits_its_turn_behind_them() -> None
     reader of a socket that became readable in that turn."""
     order: list[str] = []
 
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        with pipe() as (watched, other):
+    def make_both_ready(loop: asyncio.AbstractEventLoop, other: socket.socket) -> None:
+        other.send(b"x")
+        loop.call_soon(order.append, "soon")
 
-            def readable() -> None:
-                drain(watched)
-                order.append("reader")
-                done.set_result(None)
-
-            def make_both_ready() -> None:
-                other.send(b"x")
-                loop.call_soon(order.append, "soon")
-
-            add_data_reader(loop, watched.fileno(), readable)
-            loop.call_soon(make_both_ready)
-            await asyncio.wait_for(done, 5)
-            loop.remove_reader(watched.fileno())
-
-    event_loop.run(main())
+    event_loop.run(
+        one_read(lambda: order.append("reader"), lambda loop, other: loop.call_soon(make_both_ready, loop, other))
+    )
     assert order == ["soon", "reader"]
 
 
