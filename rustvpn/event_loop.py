@@ -68,23 +68,14 @@ class DataPathLoop(asyncio.SelectorEventLoop):
     def add_data_reader(self, fd: int, callback: Callable[[], None]) -> None:
         """As add_reader, for a callback that is called directly from the poll when the loop is
         idle. It takes no arguments and no context."""
-        if not self.direct:
-            self.add_reader(fd, callback)
-            return
-        loop: Any = self
-        loop._ensure_fd_no_transport(fd)
-        loop._check_closed()
-        handle = _DataReader(callback, (), self, None)
-        selector = loop._selector
-        try:
+        self.add_reader(fd, callback)  # asyncio's registration, with its checks
+        if self.direct:
+            # Its handle swapped for one that marks the direct call (the data alone changes: no
+            # system call; the handle dropped was never queued).
+            selector: Any = self._selector  # type: ignore[attr-defined]
             key = selector.get_key(fd)
-        except KeyError:
-            selector.register(fd, selectors.EVENT_READ, (handle, None))
-        else:
-            reader, writer = key.data
-            selector.modify(fd, key.events | selectors.EVENT_READ, (handle, writer))
-            if reader is not None:
-                reader.cancel()
+            writer = key.data[1]
+            selector.modify(fd, key.events, (_DataReader(callback, (), self, None), writer))
 
     def _run_once(self) -> None:
         """One turn of the loop, as asyncio's BaseEventLoop._run_once, but with the poll done
